@@ -1,0 +1,3 @@
+from hosepipe.cli import main
+
+main()
