@@ -69,9 +69,7 @@ def start(component: str, config_file: Path | None = None, *, quiet: bool = Fals
 def mask_secrets(tree: Any) -> Any:
     """Replace secret values in a dumped config by ``***``."""
     if isinstance(tree, dict):
-        return {
-            k: ("***" if k in SECRET_KEYS and v else mask_secrets(v)) for k, v in tree.items()
-        }
+        return {k: ("***" if k in SECRET_KEYS and v else mask_secrets(v)) for k, v in tree.items()}
     if isinstance(tree, list):
         return [mask_secrets(v) for v in tree]
     return tree
@@ -175,6 +173,39 @@ def status() -> None:
     except StartupError as exc:
         raise fail(str(exc)) from exc
     raise typer.Exit(print_status(settings))
+
+
+@app.command("demo")
+def demo(
+    config: ConfigOption = None,
+    rate: Annotated[float, typer.Option(help="Records per second, all sources together.")] = 200,
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds (default: run until Ctrl-C).")
+    ] = None,
+    inventory_port: Annotated[
+        int, typer.Option(help="Port of the demo stock-level API the poller pulls.")
+    ] = 8090,
+) -> None:
+    """Send realistic demo traffic (5% duplicates, 1% malformed, some late) to the pipeline."""
+    import signal
+    import threading
+
+    from hosepipe.demo import run_demo
+
+    runtime = start("demo", config)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        run_demo(
+            runtime.settings,
+            runtime.pipeline,
+            rate=rate,
+            duration=duration,
+            inventory_port=inventory_port,
+            stop=stop,
+        )
+    except KeyboardInterrupt:
+        stop.set()
 
 
 @app.command("version")

@@ -18,9 +18,13 @@ def test_config_check_prints_effective_config_with_secrets_masked(
 ) -> None:
     monkeypatch.setenv("HOSEPIPE_DATABASE_URL", "postgresql+psycopg://u:topsecret@h:5432/db")
     monkeypatch.setenv("INGEST_KEY", "k" * 32)
-    pipeline = (REPO / "hosepipe.yaml").read_text().replace(
-        "  auth: false          #",
-        "  auth: true\n  api_keys: [{key: '${INGEST_KEY}', name: shop}]\n  #",
+    pipeline = (
+        (REPO / "hosepipe.yaml")
+        .read_text()
+        .replace(
+            "  auth: false          #",
+            "  auth: true\n  api_keys: [{key: '${INGEST_KEY}', name: shop}]\n  #",
+        )
     )
     path = tmp_path / "p.yaml"
     path.write_text(pipeline)

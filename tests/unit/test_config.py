@@ -59,10 +59,16 @@ def test_hash_id_spec() -> None:
     assert parse_pipeline(text).sources["clicks"].mapping.event_id == HashOf(hash=["$.a", "$.b.c"])
 
 
+TYPO = ("occurred_at: $.ts", "occured_at: $.ts")
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        (("occurred_at: $.ts", "occured_at: $.ts"), "sources.clicks.mapping.occured_at: unknown key"),
+        (
+            ("occurred_at: $.ts", "occured_at: $.ts"),
+            "sources.clicks.mapping.occured_at: unknown key",
+        ),
         (("occurred_at: $.ts", "occured_at: $.ts"), "sources.clicks.mapping.occurred_at: required"),
         (("kind: push", "kind: pusher"), "sources.clicks.kind: Input should be 'push' or 'pull'"),
         (("kind: push", "kind: pull"), "kind 'pull' needs a 'pull' section"),
