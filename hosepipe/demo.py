@@ -247,7 +247,7 @@ def run_demo(
     mix, counts = DemoMix(), DemoCounts()
     inventory = InventoryApi()
     inventory.tick(40)
-    server = inventory.serve("127.0.0.1", inventory_port)
+    server = inventory.serve(settings.bind_host, inventory_port)
     producer = make_producer(settings)
     firehose = _firehose_client(settings)
     ingest_url = f"http://127.0.0.1:{settings.ingest_port}/v1/sources/clickstream/records"
