@@ -359,6 +359,16 @@ class SinkConfig(Strict):
     compression: Literal["zstd", "snappy", "none"] = "zstd"
     row_group_rows: int = Field(128 * 1024, ge=1000, description="Rows per Parquet row group.")
     consumer_group: str = Field("hosepipe-sink", description="Consumer group of the sinks.")
+    s3_retry_mode: Literal["standard", "adaptive"] = Field(
+        "standard", description="botocore retry mode of lake writes."
+    )
+    s3_max_attempts: int = Field(
+        5, ge=1, le=50, description="botocore attempts per lake write before the sink backs off."
+    )
+    retry_max_backoff: Duration = Field(
+        timedelta(seconds=30),
+        description="Longest wait between flush attempts while the lake is down (no commit).",
+    )
 
     @field_validator("max_age")
     @classmethod
@@ -380,8 +390,8 @@ class ColumnSpec(Strict):
 
     path: str = Field(
         description=(
-            "$.payload.path into the payload, or an event field: event_id, source, event_type, "
-            "occurred_at, ingested_at, subject."
+            "$.payload.path into the payload, $.attributes.<key>, or an event field: event_id, "
+            "source, event_type, occurred_at, ingested_at, subject."
         )
     )
     type: ColumnType = "text"
@@ -389,11 +399,48 @@ class ColumnSpec(Strict):
     scale: int | None = Field(None, ge=0, le=1000)
     nullable: bool = True
 
+    @field_validator("path")
+    @classmethod
+    def _rule_path(cls, value: str) -> str:
+        return _check_rule_path(value)
+
+    @model_validator(mode="after")
+    def _numeric_shape(self) -> ColumnSpec:
+        if (self.precision is not None or self.scale is not None) and self.type != "numeric":
+            raise ValueError("precision/scale apply to type numeric only")
+        if self.scale is not None and self.precision is None:
+            raise ValueError("scale needs a precision: numeric(precision, scale)")
+        if self.scale is not None and self.precision is not None and self.scale > self.precision:
+            raise ValueError("scale must not exceed precision")
+        return self
+
+
+def _check_rule_path(value: str) -> str:
+    """Selection paths: an event field, ``$.payload...`` or ``$.attributes.<key>``."""
+    body = value[2:] if value.startswith("$.") else value
+    if body in RULE_EVENT_FIELDS:
+        return value
+    if (body == "payload" or body.startswith(("payload.", "payload["))) and JSON_PATH.match(
+        "$" + body[len("payload") :]
+    ):
+        return value
+    if body.startswith("attributes.") and "." not in body[len("attributes.") :]:
+        return value
+    raise ValueError(
+        f"{value!r}: use an event field ({', '.join(RULE_EVENT_FIELDS)}), "
+        "$.payload.<path> or $.attributes.<key>"
+    )
+
+
+RULE_EVENT_FIELDS = ("event_id", "source", "event_type", "occurred_at", "ingested_at", "subject")
+
 
 class Predicate(Strict):
-    """A condition on a payload path; all given operators must hold."""
+    """A condition on a path (as for columns); all given operators must hold."""
 
-    path: JsonPath
+    path: Annotated[str, BeforeValidator(_check_rule_path)] = Field(
+        description="$.payload.<path>, $.attributes.<key> or an event field ($.source, ...)."
+    )
     equals: str | int | float | bool | None = None
     in_: list[str | int | float] | None = Field(None, alias="in")
     exists: bool | None = None

@@ -1,0 +1,226 @@
+"""Sink benchmark: N canonical events over 48 hours → Parquet lake on the local S3.
+
+Starts its own embedded broker (Tansu, memory) and S3 (SeaweedFS) on free loopback ports,
+produces N events (4 partitions) spread over 48 event hours, then in the same run measures:
+
+1. raw consume rate of the topic (plain confluent-kafka loop, no decoding): the ceiling;
+2. pyarrow writing the same rows from memory (dicts → Arrow → zstd Parquet per hour → S3);
+3. ``hosepipe sink`` as a child process until every offset is committed: rows/s, MB/s of
+   Parquet, peak RSS (sampled with psutil), files per event hour.
+
+    .venv/bin/python bench/sink.py --events 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+HOUR = 3_600_000_000
+T0 = 1_763_791_200_000_000
+
+
+def events(count: int, hours: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "event_id": f"ev-{n:09d}",
+            "source": ("web", "app", "pos")[n % 3],
+            "event_type": ("click", "view", "order")[n % 3],
+            "occurred_at": T0 + (n * hours * HOUR) // count,
+            "ingested_at": T0 + 48 * HOUR,
+            "subject": f"user-{n % 5000}",
+            "payload": f'{{"n": {n}, "page": "/p/{n % 100}", "amount": {n % 997}.5}}',
+            "attributes": {"ingest": "bench", "raw_offset": str(n)},
+        }
+        for n in range(count)
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--hours", type=int, default=48)
+    parser.add_argument("--partitions", type=int, default=4)
+    args = parser.parse_args()
+
+    from hosepipe.avro import make_encoder
+    from hosepipe.config import PipelineConfig
+    from hosepipe.kafka import make_consumer, make_producer
+    from hosepipe.lake import (
+        events_to_table,
+        open_lake_store,
+        parquet_bytes,
+        partition_path,
+    )
+    from hosepipe.localstack.servers import free_port, start_broker, start_s3
+    from hosepipe.settings import Settings
+    from hosepipe.topics import ensure_topics
+
+    work = Path(tempfile.mkdtemp(prefix="hosepipe-bench-sink-"))
+    s3 = start_s3(work / "s3", free_port(), "bench", "bench-secret-key", ["lake"])
+    broker = start_broker(work / "broker", free_port())
+    try:
+        pipeline_doc = {
+            "topics": {"partitions": args.partitions},
+            "sources": {
+                "web": {
+                    "kind": "push",
+                    "mapping": {"event_id": "$.id", "occurred_at": "$.ts", "event_type": "x"},
+                }
+            },
+            "sink": {"max_rows": 100_000, "max_age": "900s", "max_open_partitions": 500},
+        }
+        config = work / "hosepipe.yaml"
+        config.write_text(yaml.safe_dump(pipeline_doc))
+        pipeline = PipelineConfig.model_validate(pipeline_doc)
+        settings = Settings(
+            _env_file=None,  # type: ignore[call-arg]
+            kafka_bootstrap=f"127.0.0.1:{broker.port}",
+            lake_url="s3://lake/bench",
+            s3_endpoint_url=s3.endpoint_url,
+            s3_access_key_id="bench",
+            s3_secret_access_key="bench-secret-key",  # type: ignore[arg-type]
+            config_file=config,
+        )
+        ensure_topics(settings, pipeline)
+        topic = pipeline.topics.canonical
+
+        rows = events(args.events, args.hours)
+        encoder = make_encoder(settings, topic)
+        values = encoder.encode_many(rows)
+        avro_bytes = sum(len(v) for v in values)
+        producer = make_producer(settings, **{"linger.ms": 20})
+        started = time.perf_counter()
+        for row, value in zip(rows, values, strict=True):
+            while True:
+                try:
+                    producer.produce(topic, value, row["event_id"].encode())
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        producer.flush(120)
+        produce_s = time.perf_counter() - started
+        del values
+
+        # 1. raw consume rate (the ceiling)
+        consumer = make_consumer(settings, f"bench-raw-{os.getpid()}")
+        consumer.subscribe([topic])
+        seen, first = 0, None
+        while seen < args.events:
+            batch = consumer.consume(5000, 1.0)
+            if batch and first is None:
+                first = time.perf_counter()
+            seen += sum(1 for m in batch if m.error() is None)
+        raw_s = time.perf_counter() - (first or time.perf_counter())
+        consumer.close()
+
+        # 2. pyarrow from memory: dicts → Arrow → Parquet per hour → S3
+        store = open_lake_store(settings.model_copy(update={"lake_url": "s3://lake/pyarrow"}))
+        started = time.perf_counter()
+        by_hour: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_hour.setdefault(partition_path(row), []).append(row)
+        pyarrow_bytes = 0
+        for directory, hour_rows in by_hour.items():
+            data = parquet_bytes(events_to_table(hour_rows))
+            pyarrow_bytes += len(data)
+            store.put(f"{directory}/mem.parquet", data)
+        pyarrow_s = time.perf_counter() - started
+        del by_hour, rows
+
+        # 3. the sink as a process
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HOSEPIPE_")}
+        env.update(
+            HOSEPIPE_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
+            HOSEPIPE_LAKE_URL=settings.lake_url,
+            HOSEPIPE_S3_ENDPOINT_URL=s3.endpoint_url,
+            HOSEPIPE_S3_ACCESS_KEY_ID="bench",
+            HOSEPIPE_S3_SECRET_ACCESS_KEY="bench-secret-key",
+            HOSEPIPE_CONFIG_FILE=str(config),
+            HOSEPIPE_LOG_LEVEL="WARNING",
+        )
+        started = time.perf_counter()
+        process = subprocess.Popen([sys.executable, "-m", "hosepipe", "sink"], env=env)
+        peak = [0]
+        done = threading.Event()
+
+        def sample() -> None:
+            proc = psutil.Process(process.pid)
+            while not done.is_set():
+                try:
+                    peak[0] = max(peak[0], proc.memory_info().rss)
+                except psutil.Error:
+                    return
+                time.sleep(0.1)
+
+        threading.Thread(target=sample, daemon=True).start()
+        from confluent_kafka import TopicPartition
+
+        watcher = make_consumer(settings, pipeline.sink.consumer_group)
+        parts = [TopicPartition(topic, p) for p in range(args.partitions)]
+        first_commit = None
+        while True:
+            committed = sum(max(0, tp.offset) for tp in watcher.committed(parts, timeout=10))
+            if committed and first_commit is None:
+                first_commit = time.perf_counter()
+            if committed >= args.events:
+                break
+            if process.poll() is not None:
+                raise SystemExit(f"sink exited with {process.returncode}")
+            time.sleep(0.2)
+        sink_s = time.perf_counter() - started
+        watcher.close()
+        done.set()
+        process.terminate()
+        process.wait(30)
+        sink_store = open_lake_store(settings)
+        keys = sink_store.list()
+        client: Any = sink_store.client  # type: ignore[attr-defined]
+        lake_bytes = 0
+        for page in client.get_paginator("list_objects_v2").paginate(
+            Bucket="lake", Prefix="bench/"
+        ):
+            lake_bytes += sum(item["Size"] for item in page.get("Contents", []))
+        hours = {k.rsplit("/", 1)[0] for k in keys}
+    finally:
+        broker.stop()
+        s3.stop()
+
+    mb = 1024 * 1024
+    print(
+        f"machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
+    print(
+        f"events: {args.events:,} over {args.hours} h, {args.partitions} partitions, "
+        f"Avro {avro_bytes / mb:.1f} MB (produced at {args.events / produce_s:,.0f}/s)"
+    )
+    print(f"raw consume (ceiling):   {args.events / raw_s:>10,.0f} rows/s")
+    print(
+        f"pyarrow from memory:     {args.events / pyarrow_s:>10,.0f} rows/s  "
+        f"{pyarrow_bytes / mb / pyarrow_s:6.1f} MB/s Parquet"
+    )
+    print(
+        f"hosepipe sink:           {args.events / sink_s:>10,.0f} rows/s  "
+        f"{lake_bytes / mb / sink_s:6.1f} MB/s Parquet "
+        f"({avro_bytes / mb / sink_s:.1f} MB/s Avro in), "
+        f"{sink_s:.1f} s incl. start and group join"
+    )
+    print(
+        f"  peak RSS {peak[0] / mb:.0f} MB, {len(keys)} files in {len(hours)} hour dirs "
+        f"({len(keys) / max(1, len(hours)):.1f} files per hour), lake {lake_bytes / mb:.1f} MB"
+    )
+
+
+if __name__ == "__main__":
+    main()

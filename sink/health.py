@@ -1,0 +1,66 @@
+"""Lake write health: healthy → degraded → healthy, one log line per change, with backoff."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+log = logging.getLogger(__name__)
+
+
+class LakeState(StrEnum):
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with jitter: ``initial * 2**n``, capped at ``maximum`` seconds."""
+
+    initial: float = 0.5
+    maximum: float = 30.0
+    jitter: float = 0.2
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        base = min(self.maximum, self.initial * 2 ** max(0, attempt - 1))
+        return base * (1 + random.uniform(-self.jitter, self.jitter))
+
+
+@dataclass
+class LakeHealth:
+    """Tracks consecutive failed flushes; logs only when the state changes."""
+
+    backoff: Backoff = field(default_factory=Backoff)
+    state: LakeState = LakeState.HEALTHY
+    failures: int = 0
+    degraded_since: float | None = None
+
+    def failed(self, error: Exception, now: float, where: str) -> float:
+        """Record a failed attempt; returns the seconds to wait before the next one."""
+        self.failures += 1
+        if self.state is LakeState.HEALTHY:
+            self.state = LakeState.DEGRADED
+            self.degraded_since = now
+            log.warning(
+                "lake unavailable, holding offsets and retrying",
+                extra={"state": "degraded", "where": where, "error": str(error)},
+            )
+        return self.backoff.delay(self.failures)
+
+    def succeeded(self, now: float) -> None:
+        """Record a successful flush; logs the recovery once."""
+        if self.state is LakeState.DEGRADED:
+            log.warning(
+                "lake recovered, catching up",
+                extra={
+                    "state": "recovered",
+                    "failed_attempts": self.failures,
+                    "outage_seconds": round(now - (self.degraded_since or now), 1),
+                },
+            )
+        self.state = LakeState.HEALTHY
+        self.failures = 0
+        self.degraded_since = None

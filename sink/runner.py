@@ -1,0 +1,383 @@
+"""The sink process: consume ``events.canonical``, buffer, write Parquet, then commit.
+
+The I/O shell around :class:`sink.batch.SinkBatch`:
+
+1. ``consume()`` a poll's worth of messages, decode them (Avro, both wire formats), add them
+   to the batch; after each record the size rules, after each poll the age rule decide a
+   flush (:meth:`SinkBatch.flush_reason`).
+2. A flush drains the batch into a plan, writes every file durably
+   (:class:`sink.writer.PlanWriter`), and only then commits the next offsets synchronously.
+3. Lake down: the write is retried with backoff (after botocore's own retries), the assigned
+   partitions are paused, ``poll()`` keeps the group membership alive, nothing is committed;
+   one log line when degraded, one when recovered.
+4. Rebalance (eager): on revoke every uncommitted record is dropped; the new owner (maybe
+   us) starts at the committed offset, so the replay writes the same file names.
+5. A failed commit drops the batch and seeks back to the committed offsets.
+
+Undecodable records cannot be landed in the lake's fixed schema: they go to the DLQ with
+reason headers (produced and flushed before the commit), never silently skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from hosepipe.avro import AvroDecoder, SerdeError, make_decoder
+from hosepipe.kafka import make_consumer, make_producer
+from hosepipe.lake import LakeStore, S3Retries, open_lake_store
+from sink.batch import BufferingHints, FlushPlan, FlushReason, SinkBatch
+from sink.health import Backoff, LakeHealth, LakeState
+from sink.metrics import SinkMetrics
+from sink.writer import PlanWriter, WrittenFile
+
+if TYPE_CHECKING:
+    from confluent_kafka import Consumer, Message, Producer, TopicPartition
+
+    from hosepipe.config import PipelineConfig
+    from hosepipe.settings import Settings
+
+log = logging.getLogger(__name__)
+
+POLL_MESSAGES = 2000
+
+
+class SinkRunner:
+    """One consumer-group member landing the canonical topic in the lake."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline: PipelineConfig,
+        *,
+        store: LakeStore | None = None,
+        metrics: SinkMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        consumer_overrides: dict[str, Any] | None = None,
+    ) -> None:
+        config = pipeline.sink
+        self.settings = settings
+        self.pipeline = pipeline
+        self.topic = pipeline.topics.canonical
+        self.clock = clock
+        self.metrics = metrics or SinkMetrics.create()
+        self.store = store or open_lake_store(
+            settings,
+            S3Retries(mode=config.s3_retry_mode, max_attempts=config.s3_max_attempts),
+        )
+        self.batch = SinkBatch(BufferingHints.from_config(config), tuple(config.partition_keys))
+        self.writer = PlanWriter(self.store, config.compression, config.row_group_rows)
+        self.health = LakeHealth(Backoff(maximum=config.retry_max_backoff.total_seconds()))
+        self.decoder: AvroDecoder = make_decoder(settings)
+        age = config.max_age.total_seconds()
+        self.poll_timeout = max(0.05, min(1.0, age / 4 if age else 0.05))
+        self.consumer: Consumer = make_consumer(
+            settings,
+            config.consumer_group,
+            **{
+                "enable.auto.offset.store": False,
+                "partition.assignment.strategy": "range",
+                # bounds librdkafka's prefetch queue, part of the sink's memory
+                "queued.max.messages.kbytes": 32 * 1024,
+                **(consumer_overrides or {}),
+            },
+        )
+        self._producer: Producer | None = None
+        self._stop = threading.Event()
+        self._generation = 0
+        self._late_reported = 0
+        self._dlq_pending = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish (flush once, commit, leave the group)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def health_check(self) -> dict[str, Any]:
+        return {
+            "ok": self.health.state is LakeState.HEALTHY,
+            "lake": self.health.state.value,
+            "buffered_rows": self.batch.rows,
+        }
+
+    def run(self) -> None:
+        """Consume until :meth:`stop`; always leaves the group on the way out."""
+        self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        log.info(
+            "sink started",
+            extra={"topic": self.topic, "lake": self.store.location.url()},
+        )
+        try:
+            while not self.stopping:
+                self._step()
+            if not self.batch.empty:
+                self._flush(FlushReason.SHUTDOWN, attempts=1)
+        finally:
+            self.writer.close()
+            self.consumer.close()
+            if self._producer is not None:
+                self._producer.flush(10)
+            log.info("sink stopped", extra={"topic": self.topic})
+
+    def _step(self) -> None:
+        messages = self.consumer.consume(POLL_MESSAGES, self.poll_timeout)
+        # rebalance callbacks run inside consume(); what it returns is current
+        generation = self._generation
+        now = self.clock()
+        if messages:
+            self._add(messages, now, generation)
+        if generation == self._generation:
+            reason = self.batch.flush_reason(self.clock())
+            if reason is not None:
+                self._flush(reason)
+        self._update_gauges()
+
+    # ------------------------------------------------------------------ records
+
+    def _add(self, messages: list[Message], now: float, generation: int) -> None:
+        from confluent_kafka import KafkaError
+
+        values: list[bytes] = []
+        good: list[Message] = []
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if error.fatal():
+                    raise RuntimeError(f"consuming {self.topic}: {error}")
+                log.warning("consumer error", extra={"topic": self.topic, "error": str(error)})
+                continue
+            good.append(message)
+            values.append(message.value() or b"")
+        try:
+            events: list[dict[str, Any] | None] = list(self.decoder.decode_many(values))
+        except SerdeError:
+            events = [self._decode_one(m) for m in good]
+        for message, event in zip(good, events, strict=True):
+            if generation != self._generation:
+                return  # revoked meanwhile: the rest belongs to the next owner
+            partition = message.partition()
+            offset = message.offset()
+            if event is None:
+                continue
+            self.batch.add(self.topic, partition, offset, event, len(message.value() or b""), now)
+            reason = self.batch.flush_reason()
+            if reason is not None:
+                self._flush(reason)
+        late = self.batch.late - self._late_reported
+        if late:
+            self.metrics.late_events.inc(late)
+            self._late_reported = self.batch.late
+
+    def _decode_one(self, message: Message) -> dict[str, Any] | None:
+        try:
+            return self.decoder.decode(message.value() or b"")
+        except SerdeError as exc:
+            self._dead_letter(message, exc)
+            return None
+
+    def _dead_letter(self, message: Message, error: Exception) -> None:
+        if self._producer is None:
+            self._producer = make_producer(self.settings)
+        headers = [
+            ("hosepipe.error.stage", b"sink"),
+            ("hosepipe.error.class", type(error).__name__.encode()),
+            ("hosepipe.error.message", str(error)[:2000].encode()),
+            ("hosepipe.original.topic", self.topic.encode()),
+            ("hosepipe.original.partition", str(message.partition()).encode()),
+            ("hosepipe.original.offset", str(message.offset()).encode()),
+        ]
+        self._producer.produce(
+            self.pipeline.topics.dlq, message.value(), message.key(), headers=headers
+        )
+        self._dlq_pending += 1
+        self.metrics.dead_letters.inc()
+        log.warning(
+            "undecodable record sent to the DLQ",
+            extra={
+                "topic": self.topic,
+                "partition": message.partition(),
+                "offset": message.offset(),
+                "error": str(error),
+            },
+        )
+
+    # ------------------------------------------------------------------ flush
+
+    def _flush(self, reason: FlushReason, attempts: int | None = None) -> bool:
+        """Make the batch durable, then commit; retries while the lake is down."""
+        generation = self._generation
+        plan = self.batch.drain(reason)
+        done: dict[str, WrittenFile] = {}
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                self._flush_dlq()
+                written = self.writer.write(plan, done)
+                break
+            except Exception as exc:
+                self.metrics.write_failures.inc()
+                self.metrics.lake_healthy.set(0)
+                delay = self.health.failed(exc, self.clock(), self.store.location.url())
+                if (attempts is not None and attempt >= attempts) or self.stopping:
+                    log.warning(
+                        "giving up the batch; it is read again from the committed offset",
+                        extra={"rows": plan.rows, "error": str(exc)},
+                    )
+                    return False
+                self._wait(delay)
+                if generation != self._generation:
+                    return False  # revoked while waiting; the plan was dropped
+        self.health.succeeded(self.clock())
+        self.metrics.lake_healthy.set(1)
+        if not self._commit(plan):
+            return False
+        self._record(plan, written)
+        return True
+
+    def _flush_dlq(self) -> None:
+        if self._producer is not None and self._dlq_pending:
+            remaining = self._producer.flush(30)
+            if remaining:
+                raise RuntimeError(f"{remaining} DLQ record(s) not acknowledged")
+            self._dlq_pending = 0
+
+    def _wait(self, seconds: float) -> None:
+        """Wait while serving the group: partitions paused, poll() keeps membership alive."""
+        assignment = self.consumer.assignment()
+        if assignment:
+            self.consumer.pause(assignment)
+        deadline = self.clock() + seconds
+        generation = self._generation
+        try:
+            while self.clock() < deadline and not self.stopping:
+                message = self.consumer.poll(min(0.2, max(0.0, deadline - self.clock())))
+                if generation != self._generation:
+                    return
+                if message is not None and message.error() is None:
+                    # fetched before the pause: put the position back so it is read again
+                    from confluent_kafka import TopicPartition
+
+                    self.consumer.seek(
+                        TopicPartition(message.topic(), message.partition(), message.offset())
+                    )
+        finally:
+            if generation == self._generation:
+                assignment = self.consumer.assignment()
+                if assignment:
+                    self.consumer.resume(assignment)
+
+    def _commit(self, plan: FlushPlan) -> bool:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        offsets = [TopicPartition(t, p, o) for (t, p), o in plan.offsets.items()]
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            log.warning(
+                "offset commit failed; files stay (a replay overwrites them), "
+                "rewinding to the committed offsets",
+                extra={"topic": self.topic, "error": str(exc)},
+            )
+            self._rewind()
+            return False
+        return True
+
+    def _rewind(self) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        self._generation += 1
+        self.metrics.dropped_rows.inc(self.batch.drop())
+        self._late_reported = 0
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return
+        for tp in self.consumer.committed(assignment, timeout=30):
+            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+
+    def _record(self, plan: FlushPlan, written: list[WrittenFile]) -> None:
+        from confluent_kafka import TopicPartition
+
+        m = self.metrics
+        m.files.inc(len(written))
+        m.rows.inc(plan.rows)
+        m.bytes.inc(sum(w.bytes for w in written))
+        m.flushes.labels(plan.reason.value).inc()
+        m.consume_to_commit.observe(max(0.0, self.clock() - plan.opened_at))
+        for (topic, partition), offset in plan.offsets.items():
+            _, high = self.consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), cached=True
+            )
+            if high is not None and high >= 0:
+                m.consumer_lag.labels(topic, str(partition)).set(max(0, high - offset))
+        log.info(
+            "flushed",
+            extra={
+                "topic": self.topic,
+                "reason": plan.reason.value,
+                "files": len(written),
+                "rows": plan.rows,
+                "offsets": {f"{p}": o for (_, p), o in sorted(plan.offsets.items())},
+            },
+        )
+
+    def _update_gauges(self) -> None:
+        self.metrics.open_partitions.set(self.batch.open_partitions)
+        self.metrics.buffered_rows.set(self.batch.rows)
+
+    # ------------------------------------------------------------------ rebalance
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info(
+            "partitions assigned",
+            extra={"topic": self.topic, "partitions": [p.partition for p in partitions]},
+        )
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._generation += 1
+        dropped = self.batch.drop()
+        self._late_reported = 0
+        self.metrics.dropped_rows.inc(dropped)
+        log.info(
+            "partitions revoked; uncommitted rows dropped (read again from committed offsets)",
+            extra={
+                "topic": self.topic,
+                "partitions": [p.partition for p in partitions],
+                "rows": dropped,
+            },
+        )
+
+
+def run_sink(settings: Settings, pipeline: PipelineConfig) -> None:
+    """Run a sink until SIGINT/SIGTERM, with the metrics endpoint when configured."""
+    import signal
+
+    from hosepipe.observability import serve_metrics
+
+    runner = SinkRunner(settings, pipeline)
+    server = None
+    if settings.metrics_port:
+        server = serve_metrics(settings.bind_host, settings.metrics_port, runner.health_check)
+
+    def request_stop(signum: int, _frame: object) -> None:
+        log.info("stop requested", extra={"signal": signal.Signals(signum).name})
+        runner.stop()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        runner.run()
+    finally:
+        if server is not None:
+            server.stop()

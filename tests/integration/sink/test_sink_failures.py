@@ -1,0 +1,92 @@
+"""Crashes and outages: kill -9 of the sink process, S3 stopped mid-stream."""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from hosepipe.config import PipelineConfig
+from hosepipe.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def test_kill_9_at_random_points_loses_and_duplicates_nothing(
+    settings: Settings, canonical: Callable[..., PipelineConfig], kit, tmp_path: Path
+) -> None:
+    pipeline = canonical(max_rows=300, max_age="0.3s")
+    total, chunk = 6000, 1000
+    rng = random.Random(4)
+    log = tmp_path / "sink.log"
+    produced = 0
+    for _ in range(4):  # produce while the sink gets killed at random moments
+        process = kit.start_sink_process(settings, log)
+        if produced < total:
+            kit.produce(settings, pipeline.topics.canonical, kit.make_events(chunk, start=produced))
+            produced += chunk
+        time.sleep(rng.uniform(3.0, 6.0))
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+    while produced < total:
+        kit.produce(settings, pipeline.topics.canonical, kit.make_events(chunk, start=produced))
+        produced += chunk
+    process = kit.start_sink_process(settings, log)
+    try:
+        kit.wait_committed(settings, pipeline, total, timeout=120)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    rows, distinct = kit.lake_counts(settings)
+    assert (rows, distinct) == (total, total), log.read_text()[-3000:]
+
+
+def test_s3_outage_holds_offsets_then_catches_up(
+    canonical: Callable[..., PipelineConfig],
+    settings: Settings,
+    kit,
+    run_sink_thread,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Our own SeaweedFS, so stopping it does not disturb other tests."""
+    from hosepipe.localstack.servers import free_port, start_s3
+
+    s3 = start_s3(tmp_path / "s3", free_port(), "sink-outage", "sink-outage-secret", ["lake"])
+    port = s3.port
+    own = settings.model_copy(
+        update={
+            "lake_url": "s3://lake/outage",
+            "s3_endpoint_url": s3.endpoint_url,
+            "s3_access_key_id": "sink-outage",
+            "s3_secret_access_key": s3.secret_key,
+        }
+    )
+    own = Settings(**{**own.model_dump(), "s3_secret_access_key": s3.secret_key, "_env_file": None})
+    pipeline = canonical(max_rows=100, max_age="0.3s", s3_max_attempts=2, retry_max_backoff="1s")
+    caplog.set_level("WARNING", logger="sink.health")
+    running = run_sink_thread(own, pipeline)
+    try:
+        kit.produce(own, pipeline.topics.canonical, kit.make_events(300, start=0))
+        kit.wait_committed(own, pipeline, 300)
+        s3.stop()
+        kit.produce(own, pipeline.topics.canonical, kit.make_events(500, start=300))
+        time.sleep(6)
+        assert kit.committed_total(own, pipeline) == 300  # nothing committed while down
+        s3 = start_s3(tmp_path / "s3", port, "sink-outage", "sink-outage-secret", ["lake"])
+        kit.wait_committed(own, pipeline, 800, timeout=90)
+    finally:
+        running.stop()
+        s3.stop()
+    messages = [r.getMessage() for r in caplog.records if r.name == "sink.health"]
+    assert messages.count("lake unavailable, holding offsets and retrying") == 1
+    assert messages.count("lake recovered, catching up") == 1
+    s3 = start_s3(tmp_path / "s3", port, "sink-outage", "sink-outage-secret", ["lake"])
+    try:
+        assert kit.lake_counts(own) == (800, 800)
+    finally:
+        s3.stop()

@@ -1,0 +1,132 @@
+"""The sink's pure core: file grouping, deterministic names, each flush rule, lateness."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sink.batch import BufferingHints, FlushReason, SinkBatch
+
+HOUR = 3_600_000_000
+T0 = 1_763_791_200_000_000  # 2025-11-22T06:00:00Z
+
+
+def event(n: int, hour: int = 0, source: str = "web") -> dict[str, Any]:
+    return {
+        "event_id": f"e{n}",
+        "source": source,
+        "event_type": "click",
+        "occurred_at": T0 + hour * HOUR + n,
+        "ingested_at": T0,
+        "subject": None,
+        "payload": "{}",
+        "attributes": {},
+    }
+
+
+def hints(**kw: Any) -> BufferingHints:
+    base: dict[str, Any] = dict(
+        max_rows=1000, max_bytes=10**9, max_age_seconds=60, max_open_partitions=100
+    )
+    return BufferingHints(**{**base, **kw})
+
+
+def test_files_grouped_by_hour_and_named_by_first_offset() -> None:
+    batch = SinkBatch(hints(), ("source",))
+    for offset, hour in [(10, 0), (11, 1), (12, 0), (13, 2)]:
+        batch.add("events.canonical", 3, offset, event(offset, hour), 100, now=0.0)
+    plan = batch.drain(FlushReason.AGE)
+    assert [f.key for f in plan.files] == [
+        "source=web/dt=2025-11-22/hour=06/events.canonical+3+00000000000000000010.parquet",
+        "source=web/dt=2025-11-22/hour=07/events.canonical+3+00000000000000000011.parquet",
+        "source=web/dt=2025-11-22/hour=08/events.canonical+3+00000000000000000013.parquet",
+    ]
+    assert [len(f.events) for f in plan.files] == [2, 1, 1]
+    assert plan.offsets == {("events.canonical", 3): 14}
+    assert plan.rows == 4 and plan.bytes == 400
+    assert batch.empty and batch.open_partitions == 0
+
+
+def test_replay_from_committed_offset_gives_same_names() -> None:
+    """Whatever the batch boundary, a replay from the committed offset reuses names."""
+    records = [(o, o % 3) for o in range(100, 130)]
+
+    def names(boundaries: list[int]) -> set[str]:
+        batch, found = SinkBatch(hints()), set()
+        for offset, hour in records:
+            batch.add("t", 0, offset, event(offset, hour), 1, now=0.0)
+            if offset in boundaries:
+                found |= {f.key for f in batch.drain(FlushReason.ROWS).files}
+        return found | {f.key for f in batch.drain(FlushReason.ROWS).files}
+
+    replay = names([104, 120])  # the replay from 100 cuts batches elsewhere
+    first = SinkBatch(hints())
+    for offset, hour in records[:11]:
+        first.add("t", 0, offset, event(offset, hour), 1, now=0.0)
+    orphan_names = {f.key for f in first.drain(FlushReason.ROWS).files}  # crashed batch 100..110
+    assert orphan_names <= replay  # every file it may have left is overwritten by the replay
+
+
+@pytest.mark.parametrize(
+    ("kw", "rows", "hours", "expected"),
+    [
+        ({"max_rows": 5}, 5, 1, FlushReason.ROWS),
+        ({"max_bytes": 300}, 3, 1, FlushReason.BYTES),
+        ({"max_open_partitions": 4}, 4, 4, FlushReason.PARTITIONS),
+    ],
+)
+def test_size_rules(kw: dict[str, Any], rows: int, hours: int, expected: FlushReason) -> None:
+    batch = SinkBatch(hints(**kw))
+    for n in range(rows - 1):
+        batch.add("t", 0, n, event(n, n % hours), 100, now=0.0)
+        assert batch.flush_reason() is None
+    batch.add("t", 0, rows - 1, event(rows - 1, (rows - 1) % hours), 100, now=0.0)
+    assert batch.flush_reason() is expected
+
+
+def test_age_rule_only_with_a_clock() -> None:
+    batch = SinkBatch(hints(max_age_seconds=5))
+    assert batch.flush_reason(100.0) is None  # empty batches never flush
+    batch.add("t", 0, 0, event(0), 1, now=10.0)
+    assert batch.flush_reason() is None
+    assert batch.flush_reason(14.9) is None
+    assert batch.flush_reason(15.0) is FlushReason.AGE
+
+
+def test_age_zero_flushes_per_poll_not_per_record() -> None:
+    batch = SinkBatch(hints(max_age_seconds=0))
+    batch.add("t", 0, 0, event(0), 1, now=10.0)
+    batch.add("t", 0, 1, event(1), 1, now=10.0)
+    assert batch.flush_reason() is None
+    assert batch.flush_reason(10.0) is FlushReason.AGE
+
+
+def test_late_events_counted_and_kept_in_their_hour() -> None:
+    batch = SinkBatch(hints())
+    assert batch.add("t", 0, 0, event(0, hour=5), 1, now=0.0) is False
+    assert batch.add("t", 0, 1, event(1, hour=2), 1, now=0.0) is True
+    assert batch.add("t", 1, 0, event(2, hour=2), 1, now=0.0) is False  # other partition
+    assert batch.add("t", 0, 2, event(3, hour=5), 1, now=0.0) is False
+    batch.drain(FlushReason.ROWS)
+    assert batch.add("t", 0, 3, event(4, hour=4), 1, now=0.0) is True  # across batches
+    assert batch.late == 2
+    plan = batch.drain(FlushReason.ROWS)
+    assert plan.files[0].directory.endswith("hour=10")
+    batch.drop()
+    assert batch.add("t", 0, 9, event(5, hour=1), 1, now=0.0) is False  # history dropped
+
+
+def test_offsets_must_be_contiguous_increasing() -> None:
+    batch = SinkBatch(hints())
+    batch.add("t", 0, 5, event(0), 1, now=0.0)
+    with pytest.raises(ValueError, match=r"t\[0\]: offset 4"):
+        batch.add("t", 0, 4, event(1), 1, now=0.0)
+
+
+def test_drop_forgets_everything() -> None:
+    batch = SinkBatch(hints())
+    for n in range(3):
+        batch.add("t", n, n, event(n), 10, now=0.0)
+    assert batch.drop() == 3
+    assert batch.empty and batch.bytes == 0 and batch.flush_reason(1e9) is None
