@@ -1,0 +1,204 @@
+"""The ASGI application: ``/graphql`` (GraphiQL in a browser), ``/healthz``, ``/metrics``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cross_web import HTTPException
+from prometheus_client import Counter, Histogram
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+
+from api.auth import Authenticator, AuthError, Principal
+from api.live import LiveHub
+from api.schema import ApiContext, build_schema
+from api.store import Store, make_engine
+from hosepipe.config import PipelineConfig
+from hosepipe.observability import asgi_routes
+from hosepipe.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static" / "graphiql"
+ASSETS_PATH = "/graphiql-assets"
+
+REQUESTS = Counter("hosepipe_api_requests_total", "HTTP requests to /graphql.", ["status"])
+LATENCY = Histogram(
+    "hosepipe_api_request_seconds",
+    "Latency of /graphql HTTP requests.",
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+AUTH_FAILURES = Counter("hosepipe_api_auth_failures_total", "Rejected credentials.")
+
+
+@dataclass
+class ApiState:
+    """What lives as long as the process: settings, pool, live hub, authenticator."""
+
+    settings: Settings
+    pipeline: PipelineConfig
+    store: Store
+    live: LiveHub
+    auth: Authenticator
+
+
+class HosepipeGraphQL(GraphQL[ApiContext, None]):
+    """Strawberry's ASGI view with our context, auth and a GraphiQL page without a CDN."""
+
+    def __init__(self, state: ApiState, **kwargs: Any) -> None:
+        api = state.pipeline.api
+        super().__init__(
+            build_schema(state.pipeline),
+            graphql_ide="graphiql" if api.graphiql else None,
+            allow_queries_via_get=True,
+            keep_alive=True,
+            keep_alive_interval=15,
+            **kwargs,
+        )
+        self.state = state
+        self._ide = (STATIC / "index.html").read_text().replace("__ASSETS__", ASSETS_PATH)
+
+    async def get_context(self, request: Request | WebSocket, response: Any) -> ApiContext:  # type: ignore[override]
+        principal: Principal | None = None
+        if isinstance(request, WebSocket):
+            # Browsers cannot set headers on a websocket: connection_init may carry them.
+            header = request.headers.get("authorization")
+            if header or not self.state.auth.required:
+                principal = self._authenticate_ws(header)
+        elif not self._is_ide_page(request):
+            principal = self._authenticate_http(request.headers.get("authorization"))
+        return ApiContext(
+            store=self.state.store,
+            pipeline=self.state.pipeline,
+            principal=principal or Principal("pending"),
+            live=self.state.live,
+            connection_params=None,
+        )
+
+    def _is_ide_page(self, request: Request) -> bool:
+        # The GraphiQL page is static; strawberry asks for a context before rendering it.
+        return (
+            self.graphql_ide is not None
+            and request.method == "GET"
+            and "query" not in request.query_params
+            and "text/html" in request.headers.get("accept", "")
+        )
+
+    def _authenticate_http(self, header: str | None) -> Principal:
+        try:
+            return self.state.auth.authenticate(header)
+        except AuthError as exc:
+            AUTH_FAILURES.inc()
+            raise HTTPException(401, f"unauthorized: {exc}") from exc
+
+    def _authenticate_ws(self, header: str | None) -> Principal:
+        try:
+            return self.state.auth.authenticate(header)
+        except AuthError as exc:
+            AUTH_FAILURES.inc()
+            raise ConnectionRejectionError({"reason": f"unauthorized: {exc}"}) from exc
+
+    async def on_ws_connect(self, context: ApiContext) -> Any:  # type: ignore[override]
+        if context.principal.name == "pending":
+            params = context.connection_params or {}
+            header = params.get("Authorization") or params.get("authorization")
+            context.principal = self._authenticate_ws(header if isinstance(header, str) else None)
+        return await super().on_ws_connect(context)
+
+    async def render_graphql_ide(self, request: Request) -> Response:  # type: ignore[override]
+        return HTMLResponse(self._ide)
+
+
+class GraphQLMetrics:
+    """Counts and times HTTP requests to /graphql (websockets pass through)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = {"code": 500}
+
+        async def record(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, record)
+        finally:
+            LATENCY.observe(time.perf_counter() - started)
+            REQUESTS.labels(str(status["code"])).inc()
+
+
+def build_state(settings: Settings, pipeline: PipelineConfig, pool_size: int = 10) -> ApiState:
+    """Process-wide state (no connection is opened until the first query)."""
+    store = Store(make_engine(settings, pool_size=pool_size))
+    return ApiState(
+        settings=settings,
+        pipeline=pipeline,
+        store=store,
+        live=LiveHub(settings, store),
+        auth=Authenticator(pipeline.api),
+    )
+
+
+def create_app(state: ApiState) -> Starlette:
+    """The Starlette app around the GraphQL view."""
+    graphql = GraphQLMetrics(HosepipeGraphQL(state))
+
+    async def health() -> dict[str, Any]:
+        now = await state.store.ping()
+        return {
+            "ok": True,
+            "database": "ok",
+            "time": now.isoformat(),
+            "live_listening": state.live.listening.is_set(),
+        }
+
+    routes: list[Any] = [
+        Route("/graphql", graphql, methods=["GET", "POST"]),
+        WebSocketRoute("/graphql", graphql),
+        *asgi_routes(health),
+    ]
+    if state.pipeline.api.graphiql:
+        routes.append(Mount(ASSETS_PATH, StaticFiles(directory=STATIC), name="graphiql-assets"))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await state.live.stop()
+            await state.store.engine.dispose()
+
+    middleware: list[Middleware] = []
+    if state.pipeline.api.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(state.pipeline.api.cors_origins),
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["authorization", "content-type"],
+                max_age=600,
+            )
+        )
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
