@@ -1,0 +1,1 @@
+"""Pull connectors: pollers of HTTP APIs, dropped files and SQL tables, with durable cursors."""

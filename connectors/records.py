@@ -1,0 +1,167 @@
+"""Raw records as they arrive: parsing request bodies, applying limits, choosing Kafka keys.
+
+Pure functions only; the HTTP handlers, pollers and the bulk loader call them and do the I/O.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+_SEGMENT = re.compile(r"\.([A-Za-z0-9_@-]+)|\[(\d+)\]")
+
+
+class BodyError(ValueError):
+    """A request body that cannot be split into records; the message says where and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One record ready to produce to ``raw.<source>``: its bytes and its Kafka key."""
+
+    value: bytes
+    key: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A record refused before reaching Kafka, with a machine code and a human reason."""
+
+    code: str
+    reason: str
+
+
+@functools.lru_cache(maxsize=4096)
+def compile_path(path: str) -> tuple[str | int, ...]:
+    """``$.a.b[0]`` → ``("a", "b", 0)``; raises ValueError for anything else."""
+    if not path.startswith("$"):
+        raise ValueError(f"path {path!r} must start with '$'")
+    steps: list[str | int] = []
+    position = 1
+    for match in _SEGMENT.finditer(path, 1):
+        if match.start() != position:
+            raise ValueError(f"path {path!r} is malformed at character {position}")
+        position = match.end()
+        name, index = match.groups()
+        steps.append(name if name is not None else int(index))
+    if position != len(path):
+        raise ValueError(f"path {path!r} is malformed at character {position}")
+    return tuple(steps)
+
+
+def lookup(document: Any, path: str) -> Any:
+    """Value at ``$.a.b[0]`` in ``document``; ``None`` when any step is missing."""
+    current = document
+    for step in compile_path(path):
+        if isinstance(step, str):
+            if not isinstance(current, dict):
+                return None
+            current = current.get(step)
+            if current is None:
+                return None
+        else:
+            if not isinstance(current, list) or step >= len(current):
+                return None
+            current = current[step]
+    return current
+
+
+def key_of(document: Any, key_path: str | None) -> bytes | None:
+    """Kafka key for a parsed record: the value at ``key_path`` as UTF-8 text, else ``None``."""
+    if key_path is None:
+        return None
+    value = lookup(document, key_path)
+    if value is None or isinstance(value, dict | list):
+        return None
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bool):
+        return b"true" if value else b"false"
+    return str(value).encode()
+
+
+def key_of_bytes(data: bytes, key_path: str | None) -> bytes | None:
+    """Kafka key for an opaque record (Firehose ``Data``): parsed as JSON when it is JSON."""
+    if key_path is None:
+        return None
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return key_of(document, key_path)
+
+
+def split_body(
+    body: bytes, content_type: str | None, key_path: str | None = None
+) -> list[RawRecord | Rejected]:
+    """Split a plain-endpoint body into per-record JSON texts.
+
+    A body whose first non-blank byte is ``[`` is one JSON array (invalid JSON fails the whole
+    request). Anything else is NDJSON: one JSON object per non-blank line; a bad line is
+    rejected on its own so the good lines still go through.
+    """
+    stripped = body.lstrip()
+    if not stripped:
+        raise BodyError("the body is empty: send a JSON array or NDJSON lines")
+    media = (content_type or "").split(";")[0].strip().lower()
+    if stripped[:1] == b"[" and media != "application/x-ndjson":
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise BodyError(f"the body is not valid JSON: {exc}") from exc
+        if not isinstance(parsed, list):
+            raise BodyError("a JSON body must be an array of records")
+        return [
+            RawRecord(orjson.dumps(item), key_of(item, key_path))
+            if isinstance(item, dict)
+            else Rejected("InvalidRecord", f"record {i} is not a JSON object")
+            for i, item in enumerate(parsed)
+        ]
+    return [_checked_line(line, i, key_path) for i, line in enumerate(_lines(body))]
+
+
+def _lines(body: bytes) -> Iterator[bytes]:
+    for line in body.split(b"\n"):
+        line = line.strip()
+        if line:
+            yield line
+
+
+def _checked_line(line: bytes, index: int, key_path: str | None) -> RawRecord | Rejected:
+    try:
+        parsed = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        return Rejected("InvalidRecord", f"line {index + 1} is not valid JSON: {exc}")
+    if not isinstance(parsed, dict):
+        return Rejected("InvalidRecord", f"line {index + 1} is not a JSON object")
+    return RawRecord(line, key_of(parsed, key_path))
+
+
+def apply_record_limit(
+    records: Iterable[RawRecord | Rejected], max_record_bytes: int
+) -> list[RawRecord | Rejected]:
+    """Reject records larger than ``max_record_bytes`` (each one on its own)."""
+    return [
+        Rejected(
+            "RecordTooLarge",
+            f"record {i} has {len(r.value)} bytes, more than the limit of {max_record_bytes}",
+        )
+        if isinstance(r, RawRecord) and len(r.value) > max_record_bytes
+        else r
+        for i, r in enumerate(records)
+    ]
+
+
+def keyed(data: bytes, key_path: str | None) -> RawRecord:
+    """A record's bytes with the key taken from ``key_path`` when configured."""
+    return RawRecord(value=data, key=key_of_bytes(data, key_path))
+
+
+def source_allowed(allowed: Iterable[str], source: str) -> bool:
+    """Whether a key's ``sources`` list (``*`` = all) admits ``source``."""
+    return any(a == "*" or a == source for a in allowed)
