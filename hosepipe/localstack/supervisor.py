@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
+from hosepipe.localstack.dashboard import LiveCounters
 from hosepipe.localstack.servers import (
     LOOPBACK,
     BrokerS3Storage,
@@ -34,6 +35,7 @@ from hosepipe.localstack.servers import (
     S3Server,
     ServerProcess,
     StackError,
+    free_port,
     log_tail,
     pid_alive,
     require_free_port,
@@ -404,9 +406,12 @@ class Child:
     backoff: float | None = None
     restart_at: float | None = None
     restarts: int = 0
+    metrics_port: int | None = None  # this child's /metrics, assigned by the supervisor
 
     def start(self, base_env: Mapping[str, str]) -> None:
         env = {**os.environ, **base_env, **self.spec.env}
+        if self.metrics_port is not None:
+            env["HOSEPIPE_METRICS_PORT"] = str(self.metrics_port)
         argv = [sys.executable, "-m", "hosepipe", *self.spec.args]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as out:
@@ -566,6 +571,18 @@ def endpoints(settings: Settings, plan: StackPlan, components: Sequence[str]) ->
     return rows
 
 
+def metrics_urls(settings: Settings, children: Sequence[Child]) -> dict[str, str]:
+    """Where each running component serves /metrics (HTTP services on their own port)."""
+    urls: dict[str, str] = {}
+    for child in children:
+        if child.metrics_port is not None:
+            urls[child.spec.name] = f"http://{LOOPBACK}:{child.metrics_port}/metrics"
+        elif child.spec.port_setting is not None:
+            port = getattr(settings, child.spec.port_setting)
+            urls[child.spec.name] = f"http://{LOOPBACK}:{port}/metrics"
+    return urls
+
+
 def _print_endpoints(rows: Mapping[str, str], seconds: float) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -688,6 +705,10 @@ def run_stack(
             },
         )
 
+    for child in children:
+        if child.spec.port_setting is None and not child.spec.demo_only:
+            child.metrics_port = free_port()
+    counters: LiveCounters | None = None
     code = 0
     with _stop_signals(stop):
         try:
@@ -709,8 +730,12 @@ def run_stack(
             _print_endpoints(rows, ready_after)
             if on_ready is not None:
                 on_ready(rows)
+            counters = LiveCounters(metrics_urls(child_settings, children))
+            counters.start()
             code = _supervise(children, servers, base_env, stop, save_state)
         finally:
+            if counters is not None:
+                counters.stop()
             stop_children(children)
             for name, process in servers.in_stop_order():
                 log.info("stopping %s (pid %d)", name, process.pid)
