@@ -72,5 +72,15 @@ def configure_logging(component: str, level: str = "INFO", fmt: str = "text") ->
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Client libraries are chatty at INFO; their warnings still come through.
-    for noisy in ("botocore", "boto3", "s3fs", "aiobotocore", "urllib3", "aiokafka", "faust"):
+    for noisy in (
+        "botocore",
+        "boto3",
+        "s3fs",
+        "aiobotocore",
+        "urllib3",
+        "aiokafka",
+        "faust",
+        "httpx",
+        "httpcore",
+    ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from urllib.parse import parse_qs
 
 import orjson
@@ -17,7 +18,7 @@ from hosepipe.demo import (
 
 
 def test_mix_of_duplicates_and_malformed_records() -> None:
-    mix, counts = DemoMix(), DemoCounts()
+    mix, counts = DemoMix(rng=random.Random(7)), DemoCounts()
     records = list(with_imperfections(clickstream_event, mix, counts, 20_000))
     assert len(records) == 20_000
     assert counts.sent + counts.duplicates + counts.malformed == 20_000
