@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -468,6 +468,16 @@ class SelectionRule(Strict):
     def _identifier(cls, value: str) -> str:
         if not IDENTIFIER.match(value):
             raise ValueError(f"{value!r} must be a lower-case SQL identifier")
+        return value
+
+    @field_validator("since", "until")
+    @classmethod
+    def _iso_instant(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                raise ValueError(f"{value!r} is not an ISO-8601 date or time") from None
         return value
 
     @model_validator(mode="after")
