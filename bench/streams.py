@@ -1,0 +1,281 @@
+"""Stream-stage throughput: the kafka engine beside the plain confluent-kafka loop (ceiling).
+
+    python bench/streams.py --events 200000            # starts its own Tansu broker
+    python bench/streams.py --events 1000000 --bootstrap 127.0.0.1:9092
+
+Each contender reads its own copy of the same raw topic (4 partitions; N clickstream JSON
+events of ~250 B, 10 % duplicates, 1 % invalid JSON) in a child process and writes canonical
+events and dead letters. Printed per contender: events/s (first to last record consumed),
+CPU seconds and peak RSS of the child process (``wait4`` rusage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+PARTITIONS = 4
+CONTENDERS = ("plain", "kafka")
+
+
+def make_events(n: int, seed: int = 7) -> list[tuple[bytes, bytes]]:
+    rng = random.Random(seed)
+    now = int(time.time() * 1000)
+    out: list[tuple[bytes, bytes]] = []
+    unique = 0
+    for i in range(n):
+        if i % 100 == 50:
+            out.append((f"bad{i}".encode(), b'{"eventId": "broken'))
+            continue
+        if unique and rng.random() < 0.10:
+            j = rng.randrange(max(unique - 5000, 0), unique)
+        else:
+            j = unique
+            unique += 1
+        body = {
+            "eventId": f"evt-{j:09d}",
+            "ts": now - (n - j),
+            "type": rng.choice(["page_view", "click", "scroll"]),
+            "user": {"id": f"u{j % 9973}", "plan": "pro"},
+            "context": {"appVersion": "1.4.2", "page": f"/products/{j % 500}", "ref": "search"},
+            "props": {"x": j % 1920, "y": j % 1080, "visible": True},
+        }
+        out.append((body["eventId"].encode(), orjson.dumps(body)))
+    return out
+
+
+def pipeline_tree(prefix: str, group: str) -> dict[str, Any]:
+    return {
+        "topics": {
+            "raw_prefix": f"{prefix}.raw.",
+            "canonical": f"{prefix}.canonical",
+            "dlq": f"{prefix}.dlq",
+            "partitions": PARTITIONS,
+        },
+        "sources": {
+            "clickstream": {
+                "kind": "push",
+                "key_path": "$.eventId",
+                "mapping": {
+                    "event_id": "$.eventId",
+                    "occurred_at": {"path": "$.ts", "format": "epoch_ms"},
+                    "event_type": "$.type",
+                    "subject": "$.user.id",
+                    "attributes": {"channel": "web"},
+                    "attribute_paths": {"app_version": "$.context.appVersion"},
+                },
+            }
+        },
+        "streams": {"consumer_group": group, "batch_size": 5000},
+    }
+
+
+# ---------------------------------------------------------------- children
+
+
+def child_kafka(bootstrap: str, prefix: str, events: int, workdir: Path) -> dict[str, Any]:
+    from hosepipe.config import PipelineConfig
+    from hosepipe.settings import Settings
+    from streams.kafka_runner import KafkaRunner
+
+    pipeline = PipelineConfig.model_validate(pipeline_tree(prefix, f"{prefix}-g"))
+    settings = Settings(_env_file=None, kafka_bootstrap=bootstrap, data_dir=workdir)  # type: ignore[call-arg]
+    runner = KafkaRunner(settings, pipeline)
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    first = last = 0.0
+    while True:
+        totals = runner.counters.totals.get("clickstream")
+        received = totals.received if totals else 0
+        if received and not first:
+            first = time.monotonic()
+        if received >= events:
+            last = time.monotonic()
+            break
+        time.sleep(0.005)
+    runner.stop()
+    thread.join(30)
+    assert totals is not None
+    return {
+        "seconds": last - first,
+        "out": totals.out,
+        "dup": totals.duplicates,
+        "dlq": totals.dead_lettered,
+    }
+
+
+def child_plain(bootstrap: str, prefix: str, events: int, workdir: Path) -> dict[str, Any]:
+    """The ceiling: consume → orjson → hand-written normalize → set dedupe → produce."""
+    from confluent_kafka import Consumer, Producer
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"{prefix}-plain",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 6000,
+        }
+    )
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
+    consumer.subscribe([f"{prefix}.raw.clickstream"])
+    seen: set[str] = set()
+    received = out = dup = dlq = 0
+    first = 0.0
+    while received < events:
+        messages = consumer.consume(5000, 0.5)
+        if not messages:
+            continue
+        if not first:
+            first = time.monotonic()
+        for message in messages:
+            received += 1
+            try:
+                raw = orjson.loads(message.value())
+                event_id = raw.pop("eventId")
+                event = {
+                    "event_id": event_id,
+                    "source": "clickstream",
+                    "event_type": raw.pop("type"),
+                    "occurred_at": raw.pop("ts") * 1000,
+                    "subject": raw["user"]["id"],
+                    "payload": orjson.dumps(raw).decode(),
+                }
+            except Exception:
+                dlq += 1
+                producer.produce(f"{prefix}.dlq", message.value())
+                continue
+            if event_id in seen:
+                dup += 1
+                continue
+            seen.add(event_id)
+            out += 1
+            producer.produce(f"{prefix}.canonical", orjson.dumps(event), event_id.encode())
+        producer.flush()
+        consumer.commit(asynchronous=False)
+    seconds = time.monotonic() - first
+    consumer.close()
+    return {"seconds": seconds, "out": out, "dup": dup, "dlq": dlq}
+
+
+CHILDREN = {"kafka": child_kafka, "plain": child_plain}
+
+
+# ---------------------------------------------------------------- parent
+
+
+def peak_rss_mb() -> float:
+    """VmHWM of this process (reset by exec, unlike ru_maxrss which a child inherits)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def produce_raw(bootstrap: str, prefix: str, records: list[tuple[bytes, bytes]]) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.size": 1_000_000})
+    topic = f"{prefix}.raw.clickstream"
+    for key, value in records:
+        while True:
+            try:
+                producer.produce(topic, value, key)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.flush(120)
+
+
+def run_contender(
+    name: str, bootstrap: str, events: int, records: list[tuple[bytes, bytes]], workdir: Path
+) -> dict[str, Any]:
+    from hosepipe.config import PipelineConfig
+    from hosepipe.settings import Settings
+    from hosepipe.topics import ensure_topics
+
+    prefix = f"bench{name}{int(time.time())}"
+    settings = Settings(_env_file=None, kafka_bootstrap=bootstrap, data_dir=workdir)  # type: ignore[call-arg]
+    ensure_topics(settings, PipelineConfig.model_validate(pipeline_tree(prefix, prefix)))
+    produce_raw(bootstrap, prefix, records)
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        name,
+        "--bootstrap",
+        bootstrap,
+        "--prefix",
+        prefix,
+        "--events",
+        str(events),
+        "--workdir",
+        str(workdir / name),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    if status != 0:
+        raise RuntimeError(f"{name} child failed with status {status}")
+    result = json.loads(output.decode().strip().splitlines()[-1])
+    result["cpu_s"] = usage.ru_utime + usage.ru_stime
+    result["events_per_s"] = events / result["seconds"]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--bootstrap", help="use this broker instead of starting Tansu")
+    parser.add_argument("--only", nargs="*", choices=CONTENDERS, default=list(CONTENDERS))
+    parser.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
+        result = CHILDREN[args.child](args.bootstrap, args.prefix, args.events, Path(args.workdir))
+        result["peak_rss_mb"] = peak_rss_mb()
+        print(json.dumps(result), flush=True)
+        return
+    with tempfile.TemporaryDirectory(prefix="hosepipe-bench-") as tmp:
+        workdir = Path(tmp)
+        broker = None
+        bootstrap = args.bootstrap
+        if bootstrap is None:
+            from hosepipe.localstack.servers import free_port, start_broker
+
+            broker = start_broker(workdir / "broker", free_port())
+            bootstrap = broker.bootstrap
+        try:
+            records = make_events(args.events)
+            print(f"{args.events} events, 10% duplicates, 1% invalid JSON, {PARTITIONS} partitions")
+            header = ("contender", "events/s", "CPU s", "peak RSS MB", "out", "dup", "dlq")
+            print("{:<10} {:>10} {:>7} {:>12} {:>8} {:>7} {:>6}".format(*header))
+            for name in args.only:
+                r = run_contender(name, bootstrap, args.events, records, workdir)
+                row = (name, f"{r['events_per_s']:,.0f}", f"{r['cpu_s']:.1f}")
+                row += (f"{r['peak_rss_mb']:.0f}", r["out"], r["dup"], r["dlq"])
+                print("{:<10} {:>10} {:>7} {:>12} {:>8} {:>7} {:>6}".format(*row), flush=True)
+        finally:
+            if broker is not None:
+                broker.stop()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    main()

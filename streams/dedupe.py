@@ -1,0 +1,163 @@
+"""Dedupe state of one input partition: a RocksDB store plus its changelog encoding.
+
+Layout of a store (raw bytes keys, one RocksDB per input partition):
+
+- ``b"i" + event_id`` → first-seen time, 8-byte big-endian µs since the epoch;
+- ``b"t" + first-seen time (8 bytes) + event_id`` → empty: a time index, so expiry is one
+  ordered scan from the oldest entry and the store holds at most one window of ids;
+- ``b"m:changelog"`` → the highest changelog offset already contained in this store.
+
+An id counts as seen while ``now - first_seen < window``; :meth:`PartitionStore.expire`
+deletes older entries (and reads ignore them before that runs), so state is bounded by the
+ids of one window.
+
+The changelog (one topic per raw topic, same partition count) lets another machine rebuild
+the store: on assignment the store replays the changelog from its recorded offset + 1 to the
+end. One changelog message per input partition and batch carries every id the batch
+remembered (:func:`encode_changelog`), so the changelog costs one small message per batch,
+not one per event; the topic is time-retained (``cleanup.policy=delete``, ``retention.ms`` =
+twice the window) instead of compacted, which bounds it just the same.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ID_PREFIX = b"i"
+TIME_PREFIX = b"t"
+CHANGELOG_OFFSET_KEY = b"m:changelog"
+
+
+def encode_time(micros: int) -> bytes:
+    return max(micros, 0).to_bytes(8, "big")
+
+
+def decode_time(value: bytes) -> int:
+    return int.from_bytes(value, "big")
+
+
+def encode_changelog(event_ids: Sequence[str], first_seen_us: int) -> bytes:
+    """One changelog message value: ``{"t": first_seen_us, "ids": [...]}`` as JSON."""
+    return orjson.dumps({"t": first_seen_us, "ids": list(event_ids)})
+
+
+def decode_changelog(value: bytes) -> tuple[list[str], int]:
+    """``(event_ids, first_seen_us)`` of a changelog message; ValueError if malformed."""
+    data = orjson.loads(value)
+    if not isinstance(data, dict) or not isinstance(data.get("ids"), list):
+        raise ValueError("not a hosepipe dedupe changelog record")
+    return [str(i) for i in data["ids"]], int(data["t"])
+
+
+def changelog_topic(group: str, raw_topic: str) -> str:
+    """Name of the changelog topic of ``raw_topic`` for consumer group ``group``."""
+    return f"{group}.dedupe.{raw_topic}"
+
+
+class PartitionStore:
+    """The ids seen on one input partition within the window (RocksDB on local disk)."""
+
+    def __init__(self, path: Path, window_us: int) -> None:
+        from rocksdict import Options, Rdict
+
+        path.mkdir(parents=True, exist_ok=True)
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        self.path = path
+        self.window_us = window_us
+        self._db = Rdict(str(path), options)
+
+    # ---------------------------------------------------------------- queries
+
+    def seen(self, event_ids: Sequence[str], now_us: int) -> list[bool]:
+        """For each id: was it first seen less than one window before ``now_us``?"""
+        if not event_ids:
+            return []
+        cutoff = now_us - self.window_us
+        keys: list[Any] = [ID_PREFIX + i.encode() for i in event_ids]
+        values: list[bytes | None] = self._db.get(keys)  # type: ignore[assignment]
+        return [v is not None and decode_time(v) > cutoff for v in values]
+
+    @property
+    def changelog_offset(self) -> int:
+        """Highest changelog offset applied to (or written from) this store; -1 if none."""
+        value = self._db.get(CHANGELOG_OFFSET_KEY)
+        return -1 if value is None else int(value.decode())
+
+    def count(self) -> int:
+        """Number of ids stored (a scan; for tests and stats)."""
+        n = 0
+        iterator = self._db.iter()
+        iterator.seek(ID_PREFIX)
+        while iterator.valid() and iterator.key().startswith(ID_PREFIX):
+            n += 1
+            iterator.next()
+        return n
+
+    # ---------------------------------------------------------------- updates
+
+    def remember(
+        self, entries: Iterable[tuple[str, int]], changelog_offset: int | None = None
+    ) -> None:
+        """Store ``(event_id, first_seen_us)`` pairs (one atomic write)."""
+        from rocksdict import WriteBatch
+
+        batch = WriteBatch(raw_mode=True)
+        for event_id, first_seen in entries:
+            key = event_id.encode()
+            stamp = encode_time(first_seen)
+            batch.put(ID_PREFIX + key, stamp)
+            batch.put(TIME_PREFIX + stamp + key, b"")
+        if changelog_offset is not None and changelog_offset > self.changelog_offset:
+            batch.put(CHANGELOG_OFFSET_KEY, str(changelog_offset).encode())
+        self._db.write(batch)
+
+    def restore(self, entries: Iterable[tuple[Sequence[str], int, int]], now_us: int) -> int:
+        """Apply changelog records ``(event_ids, first_seen_us, offset)``; skip expired ones."""
+        cutoff = now_us - self.window_us
+        fresh: list[tuple[str, int]] = []
+        last = -1
+        for event_ids, first_seen, offset in entries:
+            last = max(last, offset)
+            if first_seen > cutoff:
+                fresh.extend((event_id, first_seen) for event_id in event_ids)
+        if last >= 0:
+            self.remember(fresh, last)
+        return len(fresh)
+
+    def expire(self, now_us: int) -> int:
+        """Delete ids first seen at or before ``now_us - window``; return how many."""
+        from rocksdict import WriteBatch
+
+        cutoff = encode_time(now_us - self.window_us + 1)
+        batch = WriteBatch(raw_mode=True)
+        removed = 0
+        iterator = self._db.iter()
+        iterator.seek(TIME_PREFIX)
+        while iterator.valid():
+            key = iterator.key()
+            if not key.startswith(TIME_PREFIX) or key[1:9] >= cutoff:
+                break
+            id_key = ID_PREFIX + key[9:]
+            current = self._db.get(id_key)
+            if current == key[1:9]:  # not re-remembered later with a newer time
+                batch.delete(id_key)
+            batch.delete(key)
+            removed += 1
+            iterator.next()
+        if removed:
+            self._db.write(batch)
+        return removed
+
+    def close(self) -> None:
+        self._db.close()
+
+    def destroy(self) -> None:
+        """Close and delete the store's files (used when its changelog cannot be trusted)."""
+        self.close()
+        shutil.rmtree(self.path, ignore_errors=True)

@@ -1,0 +1,507 @@
+"""The confluent-kafka engine: a consumer-group member running the batch core.
+
+One loop iteration handles one batch, in the order that makes "never lose, at worst a
+duplicate" hold (ARCHITECTURE.md, Guarantees):
+
+1. ``consume(batch_size)`` from the raw topics of every configured source;
+2. :meth:`StreamCore.process_batch` (decode, transform, map, validate, dedupe check);
+3. produce canonical events (key = event_id, Avro) and dead letters (original key, value and
+   headers plus reason headers), then ``flush()``: every delivery must succeed, otherwise
+   the worker stops without committing (the batch is redone after restart);
+4. remember the delivered ids: RocksDB store of the input partition + one changelog message
+   per input partition;
+5. commit the input offsets.
+
+A crash between 3 and 4 lets the batch's events through again on restart (duplicates, never
+loss); a crash between 4 and 5 re-reads the batch and drops it as duplicates.
+
+State is owned per input partition: opened and brought up to date from the changelog when
+the partition is assigned, closed when it is revoked or lost. Dedupe is exact as long as all
+records with one event_id land in one raw partition (our ingest and pollers key raw records
+by id); see docs/streams.md.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hosepipe.config import PipelineConfig
+from hosepipe.settings import Settings
+from streams.core import BatchResult, DeadLetter, RawRecord, StreamCore, now_micros
+from streams.dedupe import (
+    PartitionStore,
+    changelog_topic,
+    decode_changelog,
+    encode_changelog,
+)
+from streams.metrics import StageCounters, instance_id, stats_topic
+
+if TYPE_CHECKING:
+    from confluent_kafka import Consumer, Message, Producer, TopicPartition
+
+log = logging.getLogger(__name__)
+
+EXPIRE_EVERY_S = 60.0
+STATS_EVERY_S = 2.0
+FLUSH_TIMEOUT_S = 60.0
+
+
+class DeliveryFailed(RuntimeError):
+    """A produced message was not acknowledged; the batch is not committed."""
+
+
+@dataclass
+class RunnerOptions:
+    """Knobs of one runner (defaults from the pipeline's ``streams`` section)."""
+
+    batch_size: int
+    group: str
+    state_dir: Path
+    poll_timeout_s: float = 0.5
+    stats_every_s: float = STATS_EVERY_S
+    consumer_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def default_state_dir(settings: Settings, group: str) -> Path:
+    return settings.data_dir / "streams" / group
+
+
+class KafkaRunner:
+    """Runs the stream stage as a consumer-group member until :meth:`stop` is called."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline: PipelineConfig,
+        *,
+        core: StreamCore | None = None,
+        options: RunnerOptions | None = None,
+        counters: StageCounters | None = None,
+    ) -> None:
+        streams = pipeline.streams
+        self.settings = settings
+        self.pipeline = pipeline
+        self.core = core or StreamCore.from_pipeline(pipeline)
+        self.options = options or RunnerOptions(
+            batch_size=streams.batch_size,
+            group=streams.consumer_group,
+            state_dir=default_state_dir(settings, streams.consumer_group),
+        )
+        self.window_us = int(streams.dedupe_window.total_seconds() * 1_000_000)
+        self.counters = counters or StageCounters()
+        self.worker_id = instance_id()
+        self.stores: dict[tuple[str, int], PartitionStore] = {}
+        self._stop = threading.Event()
+        self._delivery_errors: list[str] = []
+        self._changelog_offsets: dict[tuple[str, int], int] = {}
+        self._last_expire = time.monotonic()
+        self._last_stats = 0.0
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self.ready = threading.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: self.stop())
+
+    def run(self) -> None:
+        """Consume, process, produce, remember, commit — until stopped."""
+        from hosepipe.avro import make_encoder
+        from hosepipe.kafka import make_consumer, make_producer
+
+        # Batches allocate many short-lived dicts; CPython's default GC thresholds then run
+        # full collections over every long-lived object, which measured > 50 % of the
+        # per-event cost. Freeze what exists at start and collect young objects less often.
+        gc.freeze()
+        gc.set_threshold(100_000, 50, 100)
+        self._ensure_internal_topics()
+        self.encoder = make_encoder(self.settings, self.pipeline.topics.canonical)
+        self._producer = make_producer(
+            self.settings, on_delivery=self._on_delivery, **{"linger.ms": 5}
+        )
+        consumer = make_consumer(
+            self.settings,
+            self.options.group,
+            **{"enable.partition.eof": False},
+            **self.options.consumer_overrides,
+        )
+        self._consumer = consumer
+        consumer.subscribe(
+            self.core.topics,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+        log.info(
+            "worker started",
+            extra={"engine": "kafka", "topics": self.core.topics, "worker": self.worker_id},
+        )
+        try:
+            while not self._stop.is_set():
+                messages = consumer.consume(self.options.batch_size, self.options.poll_timeout_s)
+                if messages:
+                    self._handle(messages)
+                self._housekeeping()
+        finally:
+            self._publish_stats(force=True)
+            try:
+                consumer.close()
+            finally:
+                self._close_stores(list(self.stores))
+                self._producer.flush(10)
+            log.info("worker stopped", extra={"worker": self.worker_id})
+
+    # ------------------------------------------------------------------ one batch
+
+    def _handle(self, messages: Sequence[Message]) -> None:
+        records: list[RawRecord] = []
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.fatal():
+                    raise RuntimeError(f"consumer failed: {error}")
+                log.warning("consumer error: %s", error)
+                continue
+            timestamp_type, timestamp = message.timestamp()
+            records.append(
+                RawRecord(
+                    message.topic(),  # type: ignore[arg-type]
+                    message.partition(),  # type: ignore[arg-type]
+                    message.offset(),  # type: ignore[arg-type]
+                    message.value(),
+                    message.key(),
+                    timestamp if timestamp_type else None,
+                    message.headers(),  # type: ignore[arg-type]
+                )
+            )
+        if not records:
+            return
+        now = now_micros()
+        result = self.core.process_batch(records, lambda t, p, ids: self._seen(t, p, ids, now), now)
+        self._emit(result, now)
+        self._remember(result, now)
+        self._commit(records)
+        self.counters.add(result.counts)
+        self._update_lag(records)
+        self._publish_stats()
+
+    def _seen(self, topic: str, partition: int, ids: Sequence[str], now: int) -> list[bool]:
+        store = self.stores.get((topic, partition))
+        if store is None:  # assigned without a store: cannot happen after _on_assign
+            raise RuntimeError(f"no dedupe state open for {topic}[{partition}]")
+        return store.seen(ids, now)
+
+    def _emit(self, result: BatchResult, now: int) -> None:
+        producer = self._producer
+        assert producer is not None
+        canonical = self.pipeline.topics.canonical
+        dead_letters = list(result.dead_letters)
+        events = [o.event for o in result.outputs]
+        values: list[bytes | None]
+        try:
+            values = list(self.encoder.encode_many(events))
+        except ValueError:
+            values = self._encode_one_by_one(result, dead_letters, now)
+        produce = producer.produce
+        for output, value in zip(result.outputs, values, strict=True):
+            if value is None:
+                continue
+            event_id = output.event["event_id"]
+            self._produce(produce, canonical, event_id.encode(), value, None)
+        dlq = self.pipeline.topics.dlq
+        for letter in dead_letters:
+            self._produce(produce, dlq, letter.record.key, letter.record.value, letter.headers())
+        self._flush()
+
+    def _encode_one_by_one(
+        self, result: BatchResult, dead_letters: list[DeadLetter], now: int
+    ) -> list[bytes | None]:
+        """Find the events Avro rejects (a mapping bug); dead-letter them, keep the rest."""
+        values: list[bytes | None] = []
+        kept = []
+        for output in result.outputs:
+            try:
+                values.append(self.encoder.encode(output.event))
+                kept.append(output)
+            except ValueError as exc:
+                values.append(None)
+                source = output.event.get("source", "")
+                dead_letters.append(
+                    DeadLetter(output.record, source, "encode", type(exc).__name__, str(exc), now)
+                )
+                counts = result.counts[source]
+                counts.out -= 1
+                counts.dead_lettered += 1
+        result.dead_letters = dead_letters
+        return values
+
+    def _produce(
+        self,
+        produce: Any,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None,
+        partition: int = -1,
+    ) -> None:
+        while True:
+            try:
+                produce(topic, value, key, partition=partition, headers=headers)
+                return
+            except BufferError:  # local queue full: let deliveries drain
+                assert self._producer is not None
+                self._producer.poll(0.05)
+
+    def _flush(self) -> None:
+        assert self._producer is not None
+        remaining = self._producer.flush(FLUSH_TIMEOUT_S)
+        if remaining:
+            raise DeliveryFailed(f"{remaining} message(s) not delivered within {FLUSH_TIMEOUT_S} s")
+        if self._delivery_errors:
+            errors, self._delivery_errors = self._delivery_errors, []
+            raise DeliveryFailed(f"{len(errors)} message(s) not delivered, first: {errors[0]}")
+
+    def _on_delivery(self, error: Any, message: Message) -> None:
+        if error is not None:
+            self._delivery_errors.append(f"{message.topic()}: {error}")
+            return
+        topic = message.topic() or ""
+        if topic.startswith(self._changelog_prefix):
+            key = (topic, message.partition() or 0)
+            offset = message.offset() or 0
+            if offset > self._changelog_offsets.get(key, -1):
+                self._changelog_offsets[key] = offset
+
+    @property
+    def _changelog_prefix(self) -> str:
+        return changelog_topic(self.options.group, "")
+
+    def _remember(self, result: BatchResult, now: int) -> None:
+        by_partition: dict[tuple[str, int], list[str]] = {}
+        for output in result.outputs:
+            record = output.record
+            by_partition.setdefault((record.topic, record.partition), []).append(
+                output.event["event_id"]
+            )
+        assert self._producer is not None
+        for (topic, partition), ids in by_partition.items():
+            store = self.stores[(topic, partition)]
+            changelog = changelog_topic(self.options.group, topic)
+            known = self._changelog_offsets.get((changelog, partition))
+            store.remember([(i, now) for i in ids], known)
+            self._produce(
+                self._producer.produce,
+                changelog,
+                str(partition).encode(),
+                encode_changelog(ids, now),
+                None,
+                partition,  # the changelog partition mirrors the input partition
+            )
+        # Changelog messages are delivered with the next batch's flush (or at shutdown): a
+        # crash before that can only cost dedupe memory (a later duplicate), never an event.
+        self._producer.poll(0)
+
+    def _commit(self, records: Sequence[RawRecord]) -> None:
+        from confluent_kafka import TopicPartition
+
+        last: dict[tuple[str, int], int] = {}
+        for record in records:
+            key = (record.topic, record.partition)
+            if record.offset >= last.get(key, -1):
+                last[key] = record.offset
+        assert self._consumer is not None
+        self._consumer.commit(
+            offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()],
+            asynchronous=False,
+        )
+
+    def _update_lag(self, records: Sequence[RawRecord]) -> None:
+        from confluent_kafka import TopicPartition
+
+        assert self._consumer is not None
+        last: dict[tuple[str, int], int] = {}
+        for record in records:
+            last[(record.topic, record.partition)] = record.offset
+        for (topic, partition), offset in last.items():
+            try:
+                _, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), cached=True
+                )
+            except Exception:
+                continue
+            if high is not None and high >= 0:
+                self.counters.set_lag(topic, partition, max(high - offset - 1, 0))
+
+    def _housekeeping(self) -> None:
+        if time.monotonic() - self._last_expire >= EXPIRE_EVERY_S:
+            self._last_expire = time.monotonic()
+            now = now_micros()
+            for store in self.stores.values():
+                store.expire(now)
+        self._publish_stats()
+
+    def _publish_stats(self, force: bool = False) -> None:
+        if self._producer is None:
+            return
+        if not force and time.monotonic() - self._last_stats < self.options.stats_every_s:
+            return
+        self._last_stats = time.monotonic()
+        self._produce(
+            self._producer.produce,
+            stats_topic(self.options.group),
+            self.worker_id.encode(),
+            self.counters.snapshot(self.worker_id),
+            None,
+        )
+        self._producer.poll(0)
+
+    # ------------------------------------------------------------------ partitions
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        started = time.monotonic()
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        for topic, partition in keys:
+            path = self.options.state_dir / topic / str(partition)
+            self.stores[(topic, partition)] = PartitionStore(path, self.window_us)
+        restored = self._restore(keys)
+        log.info(
+            "partitions assigned",
+            extra={
+                "partitions": [f"{t}[{p}]" for t, p in keys],
+                "restored_ids": restored,
+                "seconds": round(time.monotonic() - started, 3),
+            },
+        )
+        self.ready.set()
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        self._close_stores(keys)
+        log.info("partitions revoked", extra={"partitions": [f"{t}[{p}]" for t, p in keys]})
+
+    def _close_stores(self, keys: list[tuple[str, int]]) -> None:
+        for key in keys:
+            store = self.stores.pop(key, None)
+            if store is not None:
+                store.close()
+
+    def _restore(self, keys: list[tuple[str, int]]) -> int:
+        """Replay each store's changelog partition from its recorded offset to the end."""
+        from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+        from hosepipe.kafka import consumer_config
+
+        if not keys:
+            return 0
+        assignments = []
+        pending: dict[tuple[str, int], tuple[str, int]] = {}
+        for topic, partition in keys:
+            changelog = changelog_topic(self.options.group, topic)
+            start = self.stores[(topic, partition)].changelog_offset + 1
+            assignments.append(TopicPartition(changelog, partition, start))
+            pending[(changelog, partition)] = (topic, partition)
+        config = consumer_config(
+            self.settings,
+            f"{self.options.group}.restore",
+            **{"enable.partition.eof": True, "auto.offset.reset": "earliest"},
+        )
+        reader = Consumer(config)
+        total = 0
+        now = now_micros()
+        try:
+            reader.assign(assignments)
+            deadline = time.monotonic() + 600
+            while pending and time.monotonic() < deadline:
+                batch: dict[tuple[str, int], list[tuple[list[str], int, int]]] = {}
+                for message in reader.consume(10_000, 1.0):
+                    key = (message.topic() or "", message.partition() or 0)
+                    error = message.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            pending.pop(key, None)
+                            continue
+                        raise RuntimeError(f"restoring {key[0]}[{key[1]}]: {error}")
+                    try:
+                        ids, first_seen = decode_changelog(message.value() or b"")
+                    except ValueError:
+                        continue
+                    batch.setdefault(key, []).append((ids, first_seen, message.offset() or 0))
+                for key, entries in batch.items():
+                    total += self.stores[pending.get(key) or self._owner(key)].restore(entries, now)
+            if pending:
+                raise RuntimeError(f"changelog restore did not reach the end of {list(pending)}")
+        finally:
+            reader.close()
+        return total
+
+    def _owner(self, changelog_key: tuple[str, int]) -> tuple[str, int]:
+        topic, partition = changelog_key
+        prefix = self._changelog_prefix
+        return (topic[len(prefix) :], partition)
+
+    # ------------------------------------------------------------------ topics
+
+    def _ensure_internal_topics(self) -> None:
+        """Create changelog topics (same partitions as their raw topic) and the stats topic."""
+        from confluent_kafka.admin import NewTopic
+
+        from hosepipe.kafka import make_admin
+
+        admin = make_admin(self.settings)
+        metadata = admin.list_topics(timeout=30)
+        window_ms = int(self.pipeline.streams.dedupe_window.total_seconds() * 1000)
+        wanted: list[NewTopic] = []
+        replication = self.pipeline.topics.replication_factor
+        for raw in self.core.topics:
+            info = metadata.topics.get(raw)
+            if info is None or info.error is not None:
+                raise RuntimeError(
+                    f"raw topic {raw!r} does not exist; run `hosepipe topics create` first"
+                )
+            name = changelog_topic(self.options.group, raw)
+            if name not in metadata.topics:
+                wanted.append(
+                    NewTopic(
+                        name,
+                        num_partitions=len(info.partitions),
+                        replication_factor=replication,
+                        config={
+                            "cleanup.policy": "delete",
+                            "retention.ms": str(2 * window_ms),
+                            "retention.bytes": "-1",
+                        },
+                    )
+                )
+        stats = stats_topic(self.options.group)
+        if stats not in metadata.topics:
+            wanted.append(
+                NewTopic(
+                    stats,
+                    num_partitions=1,
+                    replication_factor=replication,
+                    config={"retention.ms": "-1", "retention.bytes": "-1"},
+                )
+            )
+        if not wanted:
+            return
+        for name, future in admin.create_topics(wanted, operation_timeout=30).items():
+            try:
+                future.result()
+            except Exception as exc:
+                if "already exists" not in str(exc).lower() and "TOPIC_ALREADY_EXISTS" not in str(
+                    exc
+                ):
+                    raise RuntimeError(f"creating topic {name!r}: {exc}") from exc

@@ -1,0 +1,42 @@
+"""Consumer lag of the worker group: high-water marks minus committed offsets."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hosepipe.config import PipelineConfig
+    from hosepipe.settings import Settings
+
+
+def consumer_lag(settings: Settings, pipeline: PipelineConfig) -> dict[str, int | None]:
+    """Raw topic → messages not yet committed by ``streams.consumer_group`` (None if unknown).
+
+    On Tansu the high-water mark from ListOffsets can be low (LOCAL_SERVICES.md); the figure
+    is then a lower bound.
+    """
+    from confluent_kafka import Consumer, TopicPartition
+
+    from hosepipe.kafka import consumer_config
+
+    group = pipeline.streams.consumer_group
+    client = Consumer(consumer_config(settings, group))
+    result: dict[str, int | None] = {}
+    try:
+        for source in pipeline.sources:
+            topic = pipeline.raw_topic(source)
+            metadata = client.list_topics(topic, timeout=10).topics.get(topic)
+            if metadata is None or metadata.error is not None:
+                result[topic] = None
+                continue
+            partitions = [TopicPartition(topic, p) for p in metadata.partitions]
+            committed = client.committed(partitions, timeout=10)
+            total = 0
+            for tp in committed:
+                low, high = client.get_watermark_offsets(tp, timeout=10)
+                position = tp.offset if tp.offset >= 0 else low
+                total += max(high - position, 0)
+            result[topic] = total
+    finally:
+        client.close()
+    return result

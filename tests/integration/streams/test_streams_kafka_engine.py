@@ -1,0 +1,180 @@
+"""The stream stage on a real broker: DLQ reasons, dedupe across restarts, kill -9, scale-out."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streams.metrics import merge_snapshots, stats_topic
+
+pytestmark = pytest.mark.integration
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.5)
+
+
+def stats_of(stage: Any) -> Any:
+    from streams.dlq import read_topic
+
+    group = stage.pipeline.streams.consumer_group
+    try:
+        snapshots = [
+            e.value or b""
+            for e in read_topic(stage.settings, stats_topic(group), snapshot_end=True)
+        ]
+    except RuntimeError:  # the worker has not created its stats topic yet
+        return None
+    return merge_snapshots(snapshots).get(stage.source)
+
+
+def test_bad_records_go_to_dlq_with_reasons_while_good_ones_flow(
+    stage: Any, make_event: Any
+) -> None:
+    t = now_ms()
+    good = [make_event(i, t) for i in range(300)]
+    bad: list[tuple[bytes | None, bytes | None]] = [
+        (b"b1", b"{not json"),
+        (b"b2", b"\xff\xfe"),
+        (b"b3", b'{"id": "x3", "ts": "noon", "type": "v"}'),
+        (b"b4", b'{"ts": 1, "type": "v"}'),
+        (b"b5", b'{"id": "x5", "ts": 1000, "type": "v"}'),  # 1970: implausible
+        make_event(99_999, t, pad="x" * 3000),  # over max_record_bytes
+    ]
+    stage.produce(good[:150] + bad + good[150:] + good[:50])  # 50 duplicates at the end
+    runner = stage.start_runner()
+    wait_for(lambda: (s := stats_of(stage)) and s.received == 356, what="356 records counted")
+    stage.stop_runner(runner)
+
+    events = stage.canonical_events()
+    ids = [e["event_id"] for e in events]
+    assert sorted(ids) == sorted(f"e{i}" for i in range(300))
+    sample = next(e for e in events if e["event_id"] == "e8")
+    assert sample["source"] == "clicks" and sample["subject"] == "u1"
+    assert sample["attributes"] == {"channel": "test"}
+    assert sample["occurred_at"] == t * 1000
+
+    letters = stage.dead_letters()
+    reasons = {(d.key, d.reasons["hosepipe.error.class"]) for d in letters}
+    assert reasons == {
+        (b"b1", "InvalidJson"),
+        (b"b2", "InvalidUtf8"),
+        (b"b3", "InvalidTimestamp"),
+        (b"b4", "MissingField"),
+        (b"b5", "ImplausibleTimestamp"),
+        (b"e99999", "RecordTooLarge"),
+    }
+    first = next(d for d in letters if d.key == b"b1")
+    assert first.value == b"{not json"
+    assert first.reasons["hosepipe.source"] == "clicks"
+    assert first.reasons["hosepipe.original.topic"] == stage.raw
+    assert first.reasons["hosepipe.error.stage"] == "decode"
+    assert {"hosepipe.original.partition", "hosepipe.original.offset", "hosepipe.failed_at"} <= set(
+        first.reasons
+    )
+
+    counts = stats_of(stage)
+    assert (counts.received, counts.out, counts.duplicates, counts.dead_lettered) == (
+        356,
+        300,
+        50,
+        6,
+    )
+    assert counts.balanced
+
+
+@pytest.mark.parametrize("new_machine", [False, True], ids=["same-disk", "new-machine"])
+def test_duplicates_dropped_across_restart(
+    stage: Any, make_event: Any, tmp_path: Path, new_machine: bool
+) -> None:
+    t = now_ms()
+    stage.produce([make_event(i, t) for i in range(400)])
+    state = tmp_path / "state-a"
+    runner = stage.start_runner(state_dir=state)
+    wait_for(lambda: (s := stats_of(stage)) and s.received == 400, what="first 400")
+    stage.stop_runner(runner)
+
+    # the same 400 again plus 100 new ones; a new machine has no local state at all
+    stage.produce([make_event(i, t) for i in range(500)])
+    runner = stage.start_runner(state_dir=tmp_path / "state-b" if new_machine else state)
+    wait_for(lambda: (s := stats_of(stage)) and s.received == 900, what="900 counted")
+    stage.stop_runner(runner)
+
+    ids = Counter(e["event_id"] for e in stage.canonical_events())
+    assert len(ids) == 500
+    assert max(ids.values()) == 1, [i for i, n in ids.items() if n > 1][:5]
+    counts = stats_of(stage)
+    assert counts.duplicates == 400 and counts.balanced
+
+
+def test_two_workers_split_partitions_and_still_dedupe(stage: Any, make_event: Any) -> None:
+    t = now_ms()
+    a = stage.start_runner()
+    b = stage.start_runner()
+    wait_for(lambda: a.stores and b.stores, timeout=60, what="both workers own partitions")
+    assert not set(a.stores) & set(b.stores)
+    batch = [make_event(i, t) for i in range(1000)]
+    stage.produce(batch + batch[:300])
+    wait_for(lambda: (s := stats_of(stage)) and s.received == 1300, what="1300 counted")
+    stage.stop_runner(a)
+    stage.stop_runner(b)
+    ids = Counter(e["event_id"] for e in stage.canonical_events())
+    assert len(ids) == 1000 and max(ids.values()) == 1
+    counts = stats_of(stage)
+    assert counts.duplicates == 300 and counts.balanced
+
+
+def test_kill_9_mid_stream_loses_nothing(stage: Any, make_event: Any, tmp_path: Path) -> None:
+    t = now_ms()
+    total = 6000
+    records = [make_event(i, t) for i in range(total)]
+    records[100] = (b"bad", b"{oops")
+    stage.produce(records)
+    env = {
+        **os.environ,
+        "HOSEPIPE_KAFKA_BOOTSTRAP": stage.settings.kafka_bootstrap,
+        "HOSEPIPE_CONFIG_FILE": str(stage.config_file),
+        "HOSEPIPE_DATA_DIR": str(tmp_path / "worker-data"),
+        "HOSEPIPE_METRICS_PORT": "0",
+    }
+    command = [sys.executable, "-m", "hosepipe", "worker", "--engine", "kafka"]
+    log = (tmp_path / "worker.log").open("wb")
+    first = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: len(stage.canonical_events()) > 500, timeout=90, what="some output")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    second = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wanted = {f"e{i}" for i in range(total) if i != 100}
+        wait_for(
+            lambda: wanted <= {e["event_id"] for e in stage.canonical_events()},
+            timeout=120,
+            what="every good id in the canonical topic",
+        )
+        assert any(d.key == b"bad" for d in stage.dead_letters())
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(30)
+    assert second.returncode == 0, (tmp_path / "worker.log").read_text()[-3000:]
