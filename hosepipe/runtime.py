@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from hosepipe.config import ConfigError, PipelineConfig, format_validation_error, load_pipeline
+from hosepipe.config import ConfigError, PipelineConfig, load_pipeline
 from hosepipe.logs import configure_logging
 from hosepipe.settings import Settings
 
