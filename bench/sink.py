@@ -6,7 +6,8 @@ produces N events (4 partitions) spread over 48 event hours, then in the same ru
 1. raw consume rate of the topic (plain confluent-kafka loop, no decoding): the ceiling;
 2. pyarrow writing the same rows from memory (dicts → Arrow → zstd Parquet per hour → S3);
 3. ``hosepipe sink`` as a child process until every offset is committed: rows/s, MB/s of
-   Parquet, peak RSS (sampled with psutil), files per event hour.
+   Parquet, peak RSS (sampled with psutil), files per event hour; also the rate between its
+   first and last commit, which leaves out process start-up and the group join.
 
     .venv/bin/python bench/sink.py --events 1000000
 """
@@ -169,17 +170,19 @@ def main() -> None:
 
         watcher = make_consumer(settings, pipeline.sink.consumer_group)
         parts = [TopicPartition(topic, p) for p in range(args.partitions)]
-        first_commit = None
+        first_commit, first_committed = None, 0
         while True:
             committed = sum(max(0, tp.offset) for tp in watcher.committed(parts, timeout=10))
             if committed and first_commit is None:
-                first_commit = time.perf_counter()
+                first_commit, first_committed = time.perf_counter(), committed
             if committed >= args.events:
                 break
             if process.poll() is not None:
                 raise SystemExit(f"sink exited with {process.returncode}")
             time.sleep(0.2)
-        sink_s = time.perf_counter() - started
+        finished = time.perf_counter()
+        sink_s = finished - started
+        steady = (args.events - first_committed) / max(1e-9, finished - (first_commit or started))
         watcher.close()
         done.set()
         process.terminate()
@@ -216,6 +219,7 @@ def main() -> None:
         f"({avro_bytes / mb / sink_s:.1f} MB/s Avro in), "
         f"{sink_s:.1f} s incl. start and group join"
     )
+    print(f"  from first to last commit (no start-up): {steady:>10,.0f} rows/s")
     print(
         f"  peak RSS {peak[0] / mb:.0f} MB, {len(keys)} files in {len(hours)} hour dirs "
         f"({len(keys) / max(1, len(hours)):.1f} files per hour), lake {lake_bytes / mb:.1f} MB"

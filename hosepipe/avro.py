@@ -238,6 +238,23 @@ class AvroDecoder:
             )
         return record  # type: ignore[return-value]
 
+    def current_body_offset(self, data: bytes) -> int | None:
+        """Header size of ``data`` when its writer schema is the reader schema, else None.
+
+        Such a body has exactly the reader's field layout, which is what the column-wise
+        decoder (:mod:`hosepipe.avro_arrow`) needs; None also for unknown or bad headers.
+        """
+        if data[:2] == SINGLE_OBJECT_MARKER:
+            fp = data[2:SINGLE_OBJECT_HEADER_SIZE]
+            return SINGLE_OBJECT_HEADER_SIZE if fp == self._reader_fingerprint else None
+        if data[:1] == b"\x00" and len(data) >= CONFLUENT_HEADER_SIZE:
+            try:
+                _, reader, _ = self._writer_for(data)
+            except SerdeError:
+                return None
+            return CONFLUENT_HEADER_SIZE if reader is None else None
+        return None
+
     def decode_many(self, values: Sequence[bytes]) -> list[Event]:
         """A batch of message values to event dicts, in order."""
         decode = self.decode

@@ -56,10 +56,10 @@ from __future__ import annotations
 import io
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -83,6 +83,13 @@ MICROS_PER_HOUR = 3_600_000_000
 OFFSET_DIGITS = 20
 PARQUET_SUFFIX = ".parquet"
 Compression = Literal["zstd", "snappy", "none"]
+
+FIRST_VALID_HOUR = -62_135_596_800 // 3600
+"""Hour index of 0001-01-01T00:00Z."""
+END_VALID_HOUR = 253_402_300_800 // 3600
+"""Hour index of 10000-01-01T00:00Z (exclusive end)."""
+INVALID_TIME_PARTITION = "dt=invalid/hour=00"
+"""Where events whose ``occurred_at`` lies outside years 1..9999 land (``hour`` stays an int)."""
 
 _FILE_NAME = re.compile(r"^(?P<topic>.+)\+(?P<partition>\d+)\+(?P<offset>\d+)\.parquet$")
 
@@ -197,11 +204,39 @@ def hour_of(occurred_at_us: int) -> int:
     return occurred_at_us // MICROS_PER_HOUR
 
 
+def valid_hour(hour_index: int) -> bool:
+    """Whether an hour index lies in years 1..9999, the range a ``dt=`` date can name."""
+    return FIRST_VALID_HOUR <= hour_index < END_VALID_HOUR
+
+
+def civil_date(days: int) -> tuple[int, int, int]:
+    """``(year, month, day)`` of a day count since 1970-01-01 (proleptic Gregorian).
+
+    Integer arithmetic (H. Hinnant's ``civil_from_days``), so it is fast and never raises.
+    """
+    z = days + 719_468
+    era = z // 146_097
+    doe = z - era * 146_097
+    yoe = (doe - doe // 1460 + doe // 36_524 - doe // 146_096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + 3 if mp < 10 else mp - 9
+    return yoe + era * 400 + (month <= 2), month, day
+
+
 @lru_cache(maxsize=65_536)
 def time_partition(hour_index: int) -> str:
-    """``dt=YYYY-MM-DD/hour=HH`` of an hour index (see :func:`hour_of`)."""
-    start = datetime.fromtimestamp(hour_index * 3600, tz=UTC)
-    return f"dt={start:%Y-%m-%d}/hour={start:%H}"
+    """``dt=YYYY-MM-DD/hour=HH`` of an hour index (see :func:`hour_of`).
+
+    Hours outside years 1..9999 map to :data:`INVALID_TIME_PARTITION` instead of failing:
+    such events are kept (a sink must not crash-loop on one bad timestamp).
+    """
+    if not valid_hour(hour_index):
+        return INVALID_TIME_PARTITION
+    days, hour = divmod(hour_index, 24)
+    year, month, day = civil_date(days)
+    return f"dt={year:04d}-{month:02d}-{day:02d}/hour={hour:02d}"
 
 
 def key_segment(key: str, value: str | None) -> str:
@@ -366,6 +401,26 @@ class LocalLakeStore:
 
     def get(self, key: str) -> bytes:
         return Path(self.location.path(key)).read_bytes()
+
+    def remove_stale_temp_files(self, older_than: float = 600.0) -> int:
+        """Delete ``.<name>.tmp-*`` files left by crashed writers; returns how many.
+
+        Only files older than ``older_than`` seconds go, so a temp file another sink of the
+        group is writing right now is left alone.
+        """
+        root = Path(self.location.root)
+        if not root.exists():
+            return 0
+        cutoff = time.time() - older_than
+        removed = 0
+        for path in root.rglob(f".*{PARQUET_SUFFIX}.tmp-*"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
 
     def list(self, prefix: str = "") -> list[str]:
         base = Path(self.location.root)

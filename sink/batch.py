@@ -13,22 +13,41 @@ of the oldest record, and the number of open files. The whole batch is flushed a
 its offsets are committed: :meth:`SinkBatch.drain` hands over a :class:`FlushPlan` and starts
 an empty batch.
 
+Records are buffered as Arrow tables (slices of each decoded poll, per open file), not as
+event dicts: compact in memory, and the flush only concatenates and encodes.
+:meth:`SinkBatch.add_table` takes a decoded poll at once and stops at the record after which
+a size rule fires, so the rules hold exactly, per record.
+
 Late events: a record is *late* when its event hour is older than the newest event hour seen
 so far on its Kafka partition (since the partition was assigned). It still lands in its own
-hour; it is only counted.
+hour; it is only counted. Events whose ``occurred_at`` lies outside years 1..9999 land under
+``dt=invalid/hour=00`` (:data:`hosepipe.lake.INVALID_TIME_PARTITION`) and are counted.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import pyarrow as pa
+
 from hosepipe.config import SinkConfig
-from hosepipe.lake import check_partition_keys, data_file_key, hour_of, partition_path
+from hosepipe.lake import (
+    MICROS_PER_HOUR,
+    check_partition_keys,
+    data_file_key,
+    events_to_table,
+    key_segment,
+    time_partition,
+    valid_hour,
+)
 
 TopicPartition = tuple[str, int]
 Event = dict[str, Any]
+INVALID_HOUR = -(2**62)
+"""Slot hour of every event outside years 1..9999 (``time_partition`` maps it to dt=invalid)."""
 
 
 class FlushReason(StrEnum):
@@ -68,11 +87,17 @@ class OpenFile:
     partition: int
     directory: str
     first_offset: int
-    events: list[Event] = field(default_factory=list)
+    chunks: list[pa.Table] = field(default_factory=list)
+    """Pieces of the file in offset order, each in the canonical Arrow schema."""
+    rows: int = 0
 
     @property
     def key(self) -> str:
         return data_file_key(self.directory, self.topic, self.partition, self.first_offset)
+
+    def table(self) -> pa.Table:
+        """The file's rows as one table (chunks are concatenated, not copied)."""
+        return pa.concat_tables(self.chunks)
 
 
 @dataclass(frozen=True)
@@ -95,7 +120,7 @@ class SinkBatch:
         check_partition_keys(partition_keys)
         self.hints = hints
         self.partition_keys = partition_keys
-        self._files: dict[tuple[str, int, str], OpenFile] = {}
+        self._files: dict[tuple[Any, ...], OpenFile] = {}
         self._next_offsets: dict[TopicPartition, int] = {}
         self._newest_hour: dict[TopicPartition, int] = {}
         self.rows = 0
@@ -103,6 +128,8 @@ class SinkBatch:
         self.opened_at: float | None = None
         self.late = 0
         """Late records added since this object was created (a running total)."""
+        self.invalid_time = 0
+        """Records with ``occurred_at`` outside years 1..9999 (a running total)."""
 
     # ------------------------------------------------------------------ state
 
@@ -119,32 +146,106 @@ class SinkBatch:
         self, topic: str, partition: int, offset: int, event: Event, size: int, now: float
     ) -> bool:
         """Buffer one record; returns whether it is late. ``now`` is the consume time."""
-        tp = (topic, partition)
-        expected = self._next_offsets.get(tp)
-        if expected is not None and offset < expected:
-            raise ValueError(
-                f"{topic}[{partition}]: offset {offset} after {expected - 1} in one batch; "
-                "a batch must be a contiguous range from the committed offset"
+        late = self.late
+        self.add_many(topic, [partition], [offset], [event], [size], now, stop_on_rule=False)
+        return self.late > late
+
+    def add_many(
+        self,
+        topic: str,
+        partitions: Sequence[int],
+        offsets: Sequence[int],
+        events: Sequence[Event],
+        sizes: Sequence[int],
+        now: float,
+        *,
+        stop_on_rule: bool = True,
+    ) -> int:
+        """Buffer event dicts in order; see :meth:`add_table`."""
+        table = events_to_table(events)
+        return self.add_table(
+            topic, partitions, offsets, table, sizes, now, stop_on_rule=stop_on_rule
+        )
+
+    def add_table(
+        self,
+        topic: str,
+        partitions: Sequence[int],
+        offsets: Sequence[int],
+        table: pa.Table,
+        sizes: Sequence[int],
+        now: float,
+        *,
+        stop_on_rule: bool = True,
+    ) -> int:
+        """Buffer the rows of ``table`` (canonical schema) in order; returns how many.
+
+        ``partitions``/``offsets``/``sizes`` give each row's Kafka coordinates and encoded
+        size. With ``stop_on_rule`` it stops right after the row that makes a size rule of
+        :meth:`flush_reason` fire; the caller flushes, then adds the rest.
+        """
+        files = self._files
+        next_offsets = self._next_offsets
+        newest_hours = self._newest_hour
+        keys = self.partition_keys
+        hours = table.column("occurred_at").cast(pa.int64()).to_pylist()
+        key_values = [table.column(k).to_pylist() for k in keys]
+        rows_of: dict[tuple[Any, ...], list[int]] = {}
+        added = 0
+        for row, (partition, offset, size, occurred_at) in enumerate(
+            zip(partitions, offsets, sizes, hours, strict=True)
+        ):
+            tp = (topic, partition)
+            expected = next_offsets.get(tp)
+            if expected is not None and offset < expected:
+                raise ValueError(
+                    f"{topic}[{partition}]: offset {offset} after {expected - 1} in one batch; "
+                    "a batch must be a contiguous range from the committed offset"
+                )
+            hour = occurred_at // MICROS_PER_HOUR
+            if not valid_hour(hour):
+                self.invalid_time += 1
+                hour = INVALID_HOUR
+            else:
+                newest = newest_hours.get(tp)
+                if newest is None or hour > newest:
+                    newest_hours[tp] = hour
+                elif hour < newest:
+                    self.late += 1
+            slot = (
+                (partition, hour, *(values[row] or None for values in key_values))
+                if keys
+                else (partition, hour)
             )
-        hour = hour_of(event["occurred_at"])
-        newest = self._newest_hour.get(tp)
-        late = newest is not None and hour < newest
-        if newest is None or hour > newest:
-            self._newest_hour[tp] = hour
-        if late:
-            self.late += 1
-        directory = partition_path(event, self.partition_keys)
-        slot = (topic, partition, directory)
-        open_file = self._files.get(slot)
-        if open_file is None:
-            open_file = self._files[slot] = OpenFile(topic, partition, directory, offset)
-        open_file.events.append(event)
-        self._next_offsets[tp] = offset + 1
-        self.rows += 1
-        self.bytes += size
-        if self.opened_at is None:
-            self.opened_at = now
-        return late
+            rows = rows_of.get(slot)
+            if rows is None:
+                rows = rows_of[slot] = []
+                if slot not in files:
+                    directory = time_partition(hour)
+                    if keys:
+                        segments = [
+                            key_segment(k, v[row]) for k, v in zip(keys, key_values, strict=True)
+                        ]
+                        directory = "/".join([*segments, directory])
+                    files[slot] = OpenFile(topic, partition, directory, offset)
+            rows.append(row)
+            next_offsets[tp] = offset + 1
+            self.rows += 1
+            self.bytes += size
+            added += 1
+            if self.opened_at is None:
+                self.opened_at = now
+            if stop_on_rule and self.flush_reason() is not None:
+                break
+        for slot, rows in rows_of.items():
+            open_file = files[slot]
+            if len(rows) == rows[-1] - rows[0] + 1:  # contiguous: a zero-copy slice
+                piece = table.slice(rows[0], len(rows))
+            else:
+                piece = table.take(pa.array(rows, pa.int64()))
+            open_file.chunks.append(piece)
+            open_file.rows += len(rows)
+        return added
 
     def flush_reason(self, now: float | None = None) -> FlushReason | None:
         """The one rotation rule: why the batch must be flushed now, or None.

@@ -18,6 +18,7 @@ class SinkMetrics:
     bytes: Counter
     flushes: Counter
     late_events: Counter
+    invalid_time_events: Counter
     dropped_rows: Counter
     dead_letters: Counter
     write_failures: Counter
@@ -52,6 +53,11 @@ class SinkMetrics:
             late_events=Counter(
                 "hosepipe_sink_late_events",
                 "Events older than the newest hour already seen on their Kafka partition.",
+                registry=registry,
+            ),
+            invalid_time_events=Counter(
+                "hosepipe_sink_invalid_time_events",
+                "Events whose occurred_at lies outside years 1..9999, landed under dt=invalid.",
                 registry=registry,
             ),
             dropped_rows=Counter(

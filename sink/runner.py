@@ -2,16 +2,21 @@
 
 The I/O shell around :class:`sink.batch.SinkBatch`:
 
-1. ``consume()`` a poll's worth of messages, decode them (Avro, both wire formats), add them
+1. ``consume()`` up to 10,000 messages, decode them column-wise into one Arrow table
+   (:mod:`hosepipe.avro_arrow`; record by record with fastavro as the fallback), add the rows
    to the batch; after each record the size rules, after each poll the age rule decide a
    flush (:meth:`SinkBatch.flush_reason`).
-2. A flush drains the batch into a plan, writes every file durably
-   (:class:`sink.writer.PlanWriter`), and only then commits the next offsets synchronously.
+2. A flush drains the batch into a plan and hands it to a background thread that writes
+   every file durably (:class:`sink.writer.PlanWriter`) while the next batch is consumed;
+   the main thread commits the plan's offsets synchronously once it is durable. At most one
+   plan is in flight: the next flush first waits for it and commits it, so every plan
+   starts at the committed offsets.
 3. Lake down: the write is retried with backoff (after botocore's own retries), the assigned
    partitions are paused, ``poll()`` keeps the group membership alive, nothing is committed;
    one log line when degraded, one when recovered.
-4. Rebalance (eager): on revoke every uncommitted record is dropped; the new owner (maybe
-   us) starts at the committed offset, so the replay writes the same file names.
+4. Rebalance (eager): on revoke the write in flight is awaited (and committed if it landed;
+   no write may outlive our ownership), every other uncommitted record is dropped; the new
+   owner (maybe us) starts at the committed offset, so the replay writes the same names.
 5. A failed commit drops the batch and seeks back to the committed offsets.
 
 Undecodable records cannot be landed in the lake's fixed schema: they go to the DLQ with
@@ -24,11 +29,24 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+
 from hosepipe.avro import AvroDecoder, SerdeError, make_decoder
+from hosepipe.avro_arrow import ArrowBatchDecoder, FastPathError
 from hosepipe.kafka import make_consumer, make_producer
-from hosepipe.lake import LakeStore, S3Retries, open_lake_store
+from hosepipe.lake import (
+    INVALID_TIME_PARTITION,
+    LakeStore,
+    LocalLakeStore,
+    S3Retries,
+    canonical_arrow_schema,
+    events_to_table,
+    open_lake_store,
+)
 from sink.batch import BufferingHints, FlushPlan, FlushReason, SinkBatch
 from sink.health import Backoff, LakeHealth, LakeState
 from sink.metrics import SinkMetrics
@@ -42,7 +60,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-POLL_MESSAGES = 2000
+POLL_MESSAGES = 10_000
+"""Messages per ``consume()`` call: large batches keep the per-call cost small."""
+
+
+@dataclass
+class InFlight:
+    """The plan being made durable in the background (at most one), not yet committed."""
+
+    plan: FlushPlan
+    done: dict[str, WrittenFile]
+    future: Future[list[WrittenFile]] | None
+    """The background write; None once consumed (or when it must be retried in the loop)."""
+    generation: int
 
 
 class SinkRunner:
@@ -72,6 +102,8 @@ class SinkRunner:
         self.writer = PlanWriter(self.store, config.compression, config.row_group_rows)
         self.health = LakeHealth(Backoff(maximum=config.retry_max_backoff.total_seconds()))
         self.decoder: AvroDecoder = make_decoder(settings)
+        self.fast_decoder = ArrowBatchDecoder(self.decoder)
+        self.schema = canonical_arrow_schema()
         age = config.max_age.total_seconds()
         self.poll_timeout = max(0.05, min(1.0, age / 4 if age else 0.05))
         self.consumer: Consumer = make_consumer(
@@ -85,10 +117,13 @@ class SinkRunner:
                 **(consumer_overrides or {}),
             },
         )
+        self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lake-flush")
+        self._inflight: InFlight | None = None
         self._producer: Producer | None = None
         self._stop = threading.Event()
         self._generation = 0
         self._late_reported = 0
+        self._invalid_reported = 0
         self._dlq_pending = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -110,6 +145,10 @@ class SinkRunner:
 
     def run(self) -> None:
         """Consume until :meth:`stop`; always leaves the group on the way out."""
+        if isinstance(self.store, LocalLakeStore):
+            removed = self.store.remove_stale_temp_files()
+            if removed:
+                log.info("removed stale temporary files from the lake", extra={"files": removed})
         self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         log.info(
             "sink started",
@@ -118,9 +157,11 @@ class SinkRunner:
         try:
             while not self.stopping:
                 self._step()
-            if not self.batch.empty:
+            if self._complete_inflight(attempts=1) and not self.batch.empty:
                 self._flush(FlushReason.SHUTDOWN, attempts=1)
+                self._complete_inflight(attempts=1)
         finally:
+            self._flusher.shutdown(wait=True)
             self.writer.close()
             self.consumer.close()
             if self._producer is not None:
@@ -128,6 +169,7 @@ class SinkRunner:
             log.info("sink stopped", extra={"topic": self.topic})
 
     def _step(self) -> None:
+        self._complete_inflight(block=False)
         messages = self.consumer.consume(POLL_MESSAGES, self.poll_timeout)
         # rebalance callbacks run inside consume(); what it returns is current
         generation = self._generation
@@ -158,25 +200,60 @@ class SinkRunner:
                 continue
             good.append(message)
             values.append(message.value() or b"")
+        table, kept = self._decode(good, values)
+        partitions = [good[i].partition() for i in kept]
+        offsets = [good[i].offset() for i in kept]
+        sizes = [len(values[i]) for i in kept]
+        start = 0
+        while start < len(kept):
+            if generation != self._generation:
+                return  # revoked meanwhile: the rest belongs to the next owner
+            start += self.batch.add_table(
+                self.topic,
+                partitions[start:],
+                offsets[start:],
+                table.slice(start),
+                sizes[start:],
+                now,
+            )
+            reason = self.batch.flush_reason()
+            if reason is not None:
+                self._flush(reason)
+        self._report_counts()
+
+    def _decode(self, good: list[Message], values: list[bytes]) -> tuple[pa.Table, list[int]]:
+        """The canonical table of a poll and, per row, the index of its message in ``good``.
+
+        Column-wise first (:mod:`hosepipe.avro_arrow`); a poll holding other writer schemas
+        or a bad record is decoded record by record, bad records going to the DLQ.
+        """
+        if self.fast_decoder.available:
+            try:
+                table = self.fast_decoder.decode(values)
+                return table.cast(self.schema), list(range(len(values)))
+            except FastPathError:
+                pass
         try:
             events: list[dict[str, Any] | None] = list(self.decoder.decode_many(values))
         except SerdeError:
             events = [self._decode_one(m) for m in good]
-        for message, event in zip(good, events, strict=True):
-            if generation != self._generation:
-                return  # revoked meanwhile: the rest belongs to the next owner
-            partition = message.partition()
-            offset = message.offset()
-            if event is None:
-                continue
-            self.batch.add(self.topic, partition, offset, event, len(message.value() or b""), now)
-            reason = self.batch.flush_reason()
-            if reason is not None:
-                self._flush(reason)
+        kept = [i for i, event in enumerate(events) if event is not None]
+        return events_to_table([events[i] for i in kept]), kept  # type: ignore[misc]
+
+    def _report_counts(self) -> None:
         late = self.batch.late - self._late_reported
         if late:
             self.metrics.late_events.inc(late)
             self._late_reported = self.batch.late
+        invalid = self.batch.invalid_time - self._invalid_reported
+        if invalid:
+            self.metrics.invalid_time_events.inc(invalid)
+            self._invalid_reported = self.batch.invalid_time
+            log.warning(
+                "events with occurred_at outside years 1..9999 landed under "
+                f"{INVALID_TIME_PARTITION}",
+                extra={"topic": self.topic, "events": invalid},
+            )
 
     def _decode_one(self, message: Message) -> dict[str, Any] | None:
         try:
@@ -214,16 +291,57 @@ class SinkRunner:
     # ------------------------------------------------------------------ flush
 
     def _flush(self, reason: FlushReason, attempts: int | None = None) -> bool:
-        """Make the batch durable, then commit; retries while the lake is down."""
-        generation = self._generation
+        """Hand the batch to the background writer once the previous one is committed.
+
+        One plan at a time is in flight, so a plan always starts at the committed offsets
+        (what makes its file names replay-stable) while the next batch is being consumed.
+        """
+        if not self._complete_inflight(attempts):
+            self.metrics.dropped_rows.inc(self.batch.drop())  # starts past an uncommitted plan
+            return False
         plan = self.batch.drain(reason)
         done: dict[str, WrittenFile] = {}
+        future: Future[list[WrittenFile]] | None = None
+        try:
+            self._flush_dlq()  # DLQ records of this batch are acknowledged before its commit
+            future = self._flusher.submit(self.writer.write, plan, done)
+        except Exception as exc:
+            log.debug("DLQ flush failed; retrying with the batch", extra={"error": str(exc)})
+        self._inflight = InFlight(plan, done, future, self._generation)
+        return True
+
+    def _complete_inflight(self, attempts: int | None = None, *, block: bool = True) -> bool:
+        """Wait for the plan in flight (unless ``block`` is false and it is still running),
+        retry it while the lake is down, then commit. False when it was given up."""
+        inflight = self._inflight
+        if inflight is None:
+            return True
+        if not block and inflight.future is not None and not inflight.future.done():
+            return True
+        self._inflight = None
+        written = self._make_durable(inflight, attempts)
+        if written is None:
+            return False
+        if not self._commit(inflight.plan):
+            return False
+        self._record(inflight.plan, written)
+        return True
+
+    def _make_durable(
+        self, inflight: InFlight, attempts: int | None = None
+    ) -> list[WrittenFile] | None:
+        """The written files of the plan in flight; retries with backoff while the lake is down."""
+        plan, done = inflight.plan, inflight.done
         attempt = 0
         while True:
             attempt += 1
             try:
-                self._flush_dlq()
-                written = self.writer.write(plan, done)
+                if inflight.future is not None:
+                    future, inflight.future = inflight.future, None
+                    written = future.result()
+                else:
+                    self._flush_dlq()
+                    written = self.writer.write(plan, done)
                 break
             except Exception as exc:
                 self.metrics.write_failures.inc()
@@ -234,16 +352,13 @@ class SinkRunner:
                         "giving up the batch; it is read again from the committed offset",
                         extra={"rows": plan.rows, "error": str(exc)},
                     )
-                    return False
+                    return None
                 self._wait(delay)
-                if generation != self._generation:
-                    return False  # revoked while waiting; the plan was dropped
+                if inflight.generation != self._generation:
+                    return None  # revoked while waiting; the plan was dropped
         self.health.succeeded(self.clock())
         self.metrics.lake_healthy.set(1)
-        if not self._commit(plan):
-            return False
-        self._record(plan, written)
-        return True
+        return written
 
     def _flush_dlq(self) -> None:
         if self._producer is not None and self._dlq_pending:
@@ -277,7 +392,7 @@ class SinkRunner:
                 if assignment:
                     self.consumer.resume(assignment)
 
-    def _commit(self, plan: FlushPlan) -> bool:
+    def _commit(self, plan: FlushPlan, *, rewind: bool = True) -> bool:
         from confluent_kafka import KafkaException, TopicPartition
 
         offsets = [TopicPartition(t, p, o) for (t, p), o in plan.offsets.items()]
@@ -289,7 +404,8 @@ class SinkRunner:
                 "rewinding to the committed offsets",
                 extra={"topic": self.topic, "error": str(exc)},
             )
-            self._rewind()
+            if rewind:
+                self._rewind()
             return False
         return True
 
@@ -298,7 +414,6 @@ class SinkRunner:
 
         self._generation += 1
         self.metrics.dropped_rows.inc(self.batch.drop())
-        self._late_reported = 0
         assignment = self.consumer.assignment()
         if not assignment:
             return
@@ -346,8 +461,21 @@ class SinkRunner:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._generation += 1
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None and inflight.future is not None:
+            # never leave a write running for partitions another member will write: wait for
+            # it (bounded by botocore's retries), then commit it if it landed
+            try:
+                written = inflight.future.result()
+            except Exception as exc:
+                log.warning(
+                    "write in flight failed during a rebalance; it is read again",
+                    extra={"topic": self.topic, "error": str(exc)},
+                )
+            else:
+                if self._commit(inflight.plan, rewind=False):
+                    self._record(inflight.plan, written)
         dropped = self.batch.drop()
-        self._late_reported = 0
         self.metrics.dropped_rows.inc(dropped)
         log.info(
             "partitions revoked; uncommitted rows dropped (read again from committed offsets)",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from hosepipe.lake import Compression, LakeStore, events_to_table, parquet_bytes
+from hosepipe.lake import Compression, LakeStore, parquet_bytes
 from sink.batch import FlushPlan, OpenFile
 
 
@@ -32,7 +32,7 @@ class PlanWriter:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lake-write")
 
     def write_file(self, open_file: OpenFile) -> WrittenFile:
-        table = events_to_table(open_file.events)
+        table = open_file.table()
         data = parquet_bytes(table, self.compression, self.row_group_rows)
         self.store.put(open_file.key, data)
         return WrittenFile(open_file.key, table.num_rows, len(data))

@@ -9,11 +9,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from hosepipe.config import PipelineConfig
+from hosepipe.observability import serve_metrics
 from hosepipe.settings import Settings
 
 pytestmark = pytest.mark.integration
+
+
+def _healthz(port: int) -> int:
+    """HTTP status of the sink's /healthz."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        return int(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def test_kill_9_at_random_points_loses_and_duplicates_nothing(
@@ -70,16 +83,21 @@ def test_s3_outage_holds_offsets_then_catches_up(
     pipeline = canonical(max_rows=100, max_age="0.3s", s3_max_attempts=2, retry_max_backoff="1s")
     caplog.set_level("WARNING", logger="sink.health")
     running = run_sink_thread(own, pipeline)
+    health = serve_metrics("127.0.0.1", 0, running.runner.health_check, CollectorRegistry())
     try:
         kit.produce(own, pipeline.topics.canonical, kit.make_events(300, start=0))
         kit.wait_committed(own, pipeline, 300)
+        assert _healthz(health.port) == 200
         s3.stop()
         kit.produce(own, pipeline.topics.canonical, kit.make_events(500, start=300))
         time.sleep(6)
         assert kit.committed_total(own, pipeline) == 300  # nothing committed while down
+        assert _healthz(health.port) == 503
         s3 = start_s3(tmp_path / "s3", port, "sink-outage", "sink-outage-secret", ["lake"])
         kit.wait_committed(own, pipeline, 800, timeout=90)
+        assert _healthz(health.port) == 200
     finally:
+        health.stop()
         running.stop()
         s3.stop()
     messages = [r.getMessage() for r in caplog.records if r.name == "sink.health"]

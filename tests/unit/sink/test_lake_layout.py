@@ -45,7 +45,43 @@ def test_partition_path_and_keys() -> None:
 @given(st.integers(min_value=-(6 * 10**16), max_value=253_402_300_799_999_999))
 def test_partition_path_matches_datetime(micros: int) -> None:
     when = datetime.fromtimestamp(micros // 1_000_000, tz=UTC)
-    assert lake.partition_path({"occurred_at": micros}) == f"dt={when:%Y-%m-%d}/hour={when:%H}"
+    expected = f"dt={when.year:04d}-{when:%m-%d}/hour={when:%H}"  # years < 1000 zero-padded
+    assert lake.partition_path({"occurred_at": micros}) == expected
+
+
+@pytest.mark.parametrize(
+    "micros",
+    [
+        -62_135_596_800_000_001,  # 1 µs before 0001-01-01
+        253_402_300_800_000_000,  # 10000-01-01
+        -(2**63),
+        2**63 - 1,
+    ],
+)
+def test_occurred_at_outside_years_1_to_9999_lands_in_dt_invalid(micros: int) -> None:
+    assert lake.partition_path({"occurred_at": micros}) == lake.INVALID_TIME_PARTITION
+    assert lake.INVALID_TIME_PARTITION == "dt=invalid/hour=00"
+
+
+def test_first_and_last_valid_hours() -> None:
+    assert lake.partition_path({"occurred_at": -62_135_596_800_000_000}) == "dt=0001-01-01/hour=00"
+    assert lake.partition_path({"occurred_at": 253_402_300_799_999_999}) == "dt=9999-12-31/hour=23"
+
+
+def test_stale_temp_files_removed_fresh_ones_kept(tmp_path: Path) -> None:
+    import os
+
+    store = lake.LocalLakeStore(lake.LakeLocation.parse(tmp_path.as_uri()))
+    store.put("dt=2025-11-22/hour=06/t+0+00000000000000000001.parquet", b"x")
+    hour = tmp_path / "dt=2025-11-22" / "hour=06"
+    stale = hour / ".t+0+00000000000000000005.parquet.tmp-abc"
+    fresh = hour / ".t+0+00000000000000000009.parquet.tmp-def"
+    stale.write_bytes(b"half")
+    fresh.write_bytes(b"half")
+    os.utime(stale, (1, 1))
+    assert store.remove_stale_temp_files(older_than=600) == 1
+    assert not stale.exists() and fresh.exists()
+    assert store.list() == ["dt=2025-11-22/hour=06/t+0+00000000000000000001.parquet"]
 
 
 @given(

@@ -42,7 +42,7 @@ def test_files_grouped_by_hour_and_named_by_first_offset() -> None:
         "source=web/dt=2025-11-22/hour=07/events.canonical+3+00000000000000000011.parquet",
         "source=web/dt=2025-11-22/hour=08/events.canonical+3+00000000000000000013.parquet",
     ]
-    assert [len(f.events) for f in plan.files] == [2, 1, 1]
+    assert [f.rows for f in plan.files] == [2, 1, 1]
     assert plan.offsets == {("events.canonical", 3): 14}
     assert plan.rows == 4 and plan.bytes == 400
     assert batch.empty and batch.open_partitions == 0
@@ -130,3 +130,35 @@ def test_drop_forgets_everything() -> None:
         batch.add("t", n, n, event(n), 10, now=0.0)
     assert batch.drop() == 3
     assert batch.empty and batch.bytes == 0 and batch.flush_reason(1e9) is None
+
+
+def test_add_many_stops_right_after_the_record_that_fires_a_rule() -> None:
+    batch = SinkBatch(hints(max_rows=4))
+    events = [event(n, hour=n % 2) for n in range(10)]
+    added = batch.add_many("t", [0] * 10, list(range(10)), events, [1] * 10, now=0.0)
+    assert added == 4 and batch.rows == 4
+    assert batch.flush_reason() is FlushReason.ROWS
+    plan = batch.drain(FlushReason.ROWS)
+    assert plan.offsets == {("t", 0): 4}
+    assert sum(f.rows for f in plan.files) == 4
+    assert [f.table()["event_id"].to_pylist() for f in plan.files] == [["e0", "e2"], ["e1", "e3"]]
+
+
+def test_open_partition_cap_counts_each_new_hour() -> None:
+    batch = SinkBatch(hints(max_open_partitions=3))
+    events = [event(n, hour=n) for n in range(10)]
+    assert batch.add_many("t", [0] * 10, list(range(10)), events, [1] * 10, now=0.0) == 3
+    assert batch.flush_reason() is FlushReason.PARTITIONS
+
+
+def test_invalid_occurred_at_lands_in_dt_invalid_and_is_counted() -> None:
+    batch = SinkBatch(hints())
+    bad = [{**event(n), "occurred_at": at} for n, at in enumerate([-(2**63), 2**63 - 1])]
+    batch.add_many("t", [0, 0, 0], [0, 1, 2], [*bad, event(2)], [1, 1, 1], now=0.0)
+    plan = batch.drain(FlushReason.ROWS)
+    assert batch.invalid_time == 2 and batch.late == 0
+    assert [(f.directory, f.rows) for f in plan.files] == [
+        ("dt=2025-11-22/hour=06", 1),
+        ("dt=invalid/hour=00", 2),
+    ]
+    assert plan.files[1].key.endswith("t+0+00000000000000000000.parquet")

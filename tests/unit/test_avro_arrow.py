@@ -1,0 +1,101 @@
+"""Column-wise Avro decoding: same values as fastavro, refuses what it cannot read exactly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hosepipe.avro import make_decoder, make_encoder
+from hosepipe.avro_arrow import ArrowBatchDecoder, FastPathError, record_plan
+from hosepipe.settings import Settings
+
+SETTINGS = Settings(_env_file=None)  # type: ignore[call-arg]
+ENCODER = make_encoder(SETTINGS, "t")
+DECODER = make_decoder(SETTINGS)
+FAST = ArrowBatchDecoder(DECODER)
+
+text = st.text(max_size=80)
+events = st.fixed_dictionaries(
+    {
+        "event_id": text,
+        "source": text,
+        "event_type": text,
+        "occurred_at": st.integers(-(2**63), 2**63 - 1),
+        "ingested_at": st.integers(-(2**63), 2**63 - 1),
+        "subject": st.none() | text,
+        "payload": st.text(max_size=300),
+        "attributes": st.dictionaries(text, text, max_size=5),
+    }
+)
+
+
+def as_dicts(table: Any) -> list[dict[str, Any]]:
+    rows = table.to_pylist()
+    for row in rows:
+        row["attributes"] = dict(row["attributes"])
+    return list(rows)
+
+
+def zigzag(n: int) -> bytes:
+    n = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while n & ~0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(events, min_size=1, max_size=30))
+def test_same_values_as_fastavro(batch: list[dict[str, Any]]) -> None:
+    values = ENCODER.encode_many(batch)
+    assert as_dicts(FAST.decode(values)) == DECODER.decode_many(values)
+
+
+def test_map_blocks_with_negative_counts_and_several_blocks() -> None:
+    plain = ENCODER.encode({**base_event(), "attributes": {}})
+    assert plain.endswith(b"\x00")
+    k, v = b"\x02k", b"\x04vv"  # "k", "vv"
+    blocks = zigzag(-1) + zigzag(len(k + v)) + k + v + zigzag(1) + b"\x02x" + b"\x02y" + b"\x00"
+    value = plain[:-1] + blocks
+    assert DECODER.decode(value)["attributes"] == {"k": "vv", "x": "y"}
+    assert as_dicts(FAST.decode([value, plain]))[0]["attributes"] == {"k": "vv", "x": "y"}
+
+
+def base_event() -> dict[str, Any]:
+    return {
+        "event_id": "e1",
+        "source": "web",
+        "event_type": "click",
+        "occurred_at": 1,
+        "ingested_at": 2,
+        "subject": None,
+        "payload": "{}",
+        "attributes": {"a": "b"},
+    }
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda v: v + b"\x00",  # trailing bytes
+        lambda v: v[:-3],  # truncated
+        lambda v: v[:10] + b"\x04\xff\xfe" + v[12:],  # event_id "e1" → invalid UTF-8
+        lambda v: v[:2] + b"\x00" * 8 + v[10:],  # unknown fingerprint
+    ],
+)
+def test_malformed_or_foreign_values_raise(damage: Any) -> None:
+    good = ENCODER.encode(base_event())
+    assert good[10:13] == b"\x04e1"
+    with pytest.raises(FastPathError):
+        FAST.decode([good, damage(good)])
+
+
+def test_unsupported_schemas_have_no_plan() -> None:
+    assert record_plan({"fields": [{"name": "x", "type": "double"}]}) is None
+    assert record_plan({"fields": [{"name": "x", "type": ["null", "long"]}]}) is None
+    assert record_plan(DECODER.reader_schema) is not None and FAST.available
