@@ -16,7 +16,7 @@ import binascii
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -61,7 +61,14 @@ class EventOrder(enum.Enum):
 
     @property
     def column(self) -> Any:
-        return events.c.occurred_at if self.name.startswith("OCCURRED") else events.c.ingested_at
+        return (
+            events.c.occurred_at if self.time_attribute == "occurred_at" else events.c.ingested_at
+        )
+
+    @property
+    def time_attribute(self) -> str:
+        """Name of the row attribute holding the time of this order."""
+        return "occurred_at" if self.value.startswith("occurred") else "ingested_at"
 
     @property
     def descending(self) -> bool:
@@ -173,19 +180,20 @@ class EventKey:
     event_id: str
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
+
+
 def to_micros(value: datetime) -> int:
     """Microseconds since the epoch, UTC (naive datetimes are taken as UTC)."""
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    delta = value - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return (value - EPOCH) // MICROSECOND
 
 
 def from_micros(micros: int) -> datetime:
     """Inverse of :func:`to_micros`."""
-    from datetime import timedelta
-
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
+    return EPOCH + timedelta(microseconds=micros)
 
 
 def encode_cursor(key: EventKey) -> str:
@@ -213,8 +221,19 @@ def decode_cursor(cursor: str, order: EventOrder) -> EventKey:
 
 def row_key(row: Any, order: EventOrder) -> EventKey:
     """The key of a fetched row under ``order``."""
-    at = row.occurred_at if order.column is events.c.occurred_at else row.ingested_at
-    return EventKey(order, to_micros(at), row.event_id)
+    return EventKey(order, to_micros(getattr(row, order.time_attribute)), row.event_id)
+
+
+def row_cursors(rows: Sequence[Any], order: EventOrder) -> list[str]:
+    """:func:`encode_cursor` of every row's key (the per-page hot path, kept lean)."""
+    attribute, value = order.time_attribute, order.value
+    dumps, encode = orjson.dumps, base64.urlsafe_b64encode
+    return [
+        encode(dumps(["e", value, (getattr(r, attribute) - EPOCH) // MICROSECOND, r.event_id]))
+        .decode()
+        .rstrip("=")
+        for r in rows
+    ]
 
 
 # --------------------------------------------------------------------------- statements

@@ -1,18 +1,20 @@
 """The thin I/O shell over PostgreSQL: runs the statements :mod:`api.events` builds.
 
-One pooled async engine (psycopg 3, the same URL every component uses) per process.
+One pooled async engine per process, on asyncpg (the URL every component uses, with its
+driver swapped).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, func, select, text
+from sqlalchemy import URL, Select, func, make_url, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from api.events import (
@@ -31,6 +33,42 @@ from hosepipe.settings import Settings
 
 log = logging.getLogger(__name__)
 
+OPTION = re.compile(r"(?:-c\s*|--)([A-Za-z_][\w.]*)=(\S+)")
+"""One ``-c name=value`` (or ``--name=value``) of libpq's ``options`` parameter."""
+
+
+class RawJson:
+    """A json/jsonb value as PostgreSQL sent it, passed to the response without parsing.
+
+    Payloads are only ever returned to clients, so decoding them into Python objects and
+    encoding them again is wasted work; :func:`json_default` embeds the text as it is.
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def value(self) -> Any:
+        """The parsed JSON value (for the rare caller that needs to look inside)."""
+        return orjson.loads(self.text)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RawJson) and other.value() == self.value()
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+    def __repr__(self) -> str:
+        return f"RawJson({self.text!r})"
+
+
+def json_default(value: Any) -> Any:
+    """``default=`` for :func:`orjson.dumps`: embeds :class:`RawJson` verbatim."""
+    if isinstance(value, RawJson):
+        return orjson.Fragment(value.text)
+    raise TypeError(f"cannot serialize {type(value).__name__} to JSON")
+
 
 @dataclass(frozen=True)
 class Count:
@@ -41,16 +79,47 @@ class Count:
 
 
 def make_engine(settings: Settings, pool_size: int = 10) -> AsyncEngine:
-    """The API's pooled engine; JSONB decoded with orjson."""
+    """The API's pooled engine on asyncpg (several times less CPU per query than psycopg).
+
+    json and jsonb values come back as :class:`RawJson` (not parsed).
+
+    The pool holds ``pool_size`` connections and never opens short-lived extra ones: a burst
+    waits for a free connection instead of paying a connect per request.
+    """
+    url, server_settings = asyncpg_url(settings.database_url)
     return create_async_engine(
-        async_url(settings.database_url),
+        url,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=0,
+        pool_timeout=30,
         pool_pre_ping=False,
         pool_recycle=1800,
-        json_deserializer=orjson.loads,
-        json_serializer=lambda v: orjson.dumps(v).decode(),
+        # Read-only statements: no BEGIN/ROLLBACK round trips around each one.
+        isolation_level="AUTOCOMMIT",
+        json_deserializer=RawJson,
+        json_serializer=lambda v: orjson.dumps(v, default=json_default).decode(),
+        connect_args={"server_settings": server_settings} if server_settings else {},
     )
+
+
+def asyncpg_url(database_url: str) -> tuple[URL, dict[str, str]]:
+    """``database_url`` for the asyncpg driver, and the server settings of its libpq ``options``.
+
+    asyncpg does not take libpq's ``options=-c name=value`` query parameter (used e.g. to set a
+    ``search_path``); those become asyncpg ``server_settings``.
+    """
+    url = make_url(async_url(database_url)).set(drivername="postgresql+asyncpg")
+    sslmode = url.query.get("sslmode")
+    if isinstance(sslmode, str):  # libpq's name; asyncpg takes the same modes as ``ssl``
+        url = url.difference_update_query(["sslmode"]).update_query_dict({"ssl": sslmode})
+    options = url.query.get("options")
+    if options is None:
+        return url, {}
+    text_value = options if isinstance(options, str) else " ".join(options)
+    settings = dict(OPTION.findall(text_value))
+    if OPTION.sub("", text_value).strip():
+        raise ValueError(f"database URL: 'options={text_value}' has parts other than -c name=value")
+    return url.difference_update_query(["options"]), settings
 
 
 class Store:
@@ -87,11 +156,14 @@ class Store:
                 dialect=conn.dialect, compile_kwargs={"render_postcompile": True}
             )
             # Parameters stay bound: EXPLAIN of a parameterized statement plans with the values.
-            result = await conn.exec_driver_sql(
-                "EXPLAIN (FORMAT JSON) " + str(compiled), compiled.params
-            )
+            params: Any = compiled.params
+            if compiled.positiontup is not None:
+                params = tuple(params[name] for name in compiled.positiontup)
+            result = await conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + str(compiled), params)
             plan = result.scalar_one()
-            if isinstance(plan, str | bytes):
+            if isinstance(plan, RawJson):
+                plan = plan.value()
+            elif isinstance(plan, str | bytes):
                 plan = orjson.loads(plan)
             estimate = int(plan[0]["Plan"]["Plan Rows"])
             return Count(max(estimate, exact_limit + 1), False)

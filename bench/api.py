@@ -2,7 +2,9 @@
 
 Loads N events (default 1,000,000) into PostgreSQL, starts ``hosepipe api`` as its own process
 and, in the same run, a bare asyncpg + uvicorn handler running the same SQL (the ceiling), then
-drives both with an async httpx load generator for three queries:
+drives both with wrk (Debian package ``wrk``; an async httpx client when wrk is missing) for
+three queries, printing requests/s, latency percentiles and the server's CPU time per request
+(the figure that stays comparable on a busy machine):
 
   (a) first page of a filtered ``events`` query (source + eventType, 50 rows)
   (b) a deep page: 50 rows after a cursor in the middle of the table
@@ -20,6 +22,7 @@ import asyncio
 import io
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -133,6 +136,10 @@ def serve_bare(port: int, dsn: str, search_path: str) -> None:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
+        if not body:  # the readiness probe
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
         request = orjson.loads(body)
         kind, args = request["kind"], request["args"]
         if kind == "deep":
@@ -202,6 +209,66 @@ async def drive(
     }
 
 
+WRK_SCRIPT = """
+local threads = {}
+setup = function(thread) table.insert(threads, thread) end
+bodies = {%s}
+i = 0
+bad = 0
+request = function()
+  i = i + 1
+  local body = bodies[(i %% #bodies) + 1]
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, body)
+end
+response = function(status, headers, body)
+  if status ~= 200 or string.find(body, '"errors"', 1, true) then bad = bad + 1 end
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  local errors = e.connect + e.read + e.write + e.timeout
+  for _, t in ipairs(threads) do errors = errors + t:get("bad") end
+  io.write(string.format("WRK %%d %%f %%f %%f %%f %%d\\n", summary.requests,
+    summary.duration / 1e6, latency:percentile(50) / 1000, latency:percentile(95) / 1000,
+    latency:percentile(99) / 1000, errors))
+end
+"""
+
+
+def drive_wrk(
+    wrk: str, url: str, bodies: list[dict[str, Any]], concurrency: int, duration: float
+) -> dict[str, float]:
+    """The same measurement with wrk (C, one thread), which leaves the CPU to the servers.
+
+    Counts as errors: socket errors, non-200 answers and GraphQL ``errors`` in a body.
+    """
+    # Lua long brackets need no escaping (the bodies never contain "]==]").
+    lua_bodies = ", ".join(f"[==[{orjson.dumps(b).decode()}]==]" for b in bodies)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(WRK_SCRIPT % lua_bodies)
+    try:
+        argv = [wrk, "-t1", f"-c{concurrency}", f"-d{duration:.0f}s", "--timeout", "30s"]
+        argv += ["-s", script.name, url]
+        out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(script.name)
+    line = next(x for x in out.splitlines() if x.startswith("WRK "))
+    requests, wall, p50, p95, p99, errors = line.split()[1:]
+    return {
+        "requests": int(requests),
+        "errors": int(errors),
+        "rps": int(requests) / float(wall),
+        "p50": float(p50),
+        "p95": float(p95),
+        "p99": float(p99),
+    }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by process ``pid`` (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_http(url: str, timeout: float = 60) -> None:
     import httpx
 
@@ -221,6 +288,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--duration", type=float, default=15.0, help="Seconds per scenario.")
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL"))
+    parser.add_argument(
+        "--client",
+        choices=["auto", "wrk", "httpx"],
+        default="auto",
+        help="Load generator: wrk (C, cheap; default when on PATH) or the async httpx client.",
+    )
     parser.add_argument(
         "--serve-bare", nargs=3, metavar=("PORT", "DSN", "SCHEMA"), help=argparse.SUPPRESS
     )
@@ -278,6 +351,10 @@ def main() -> None:
         )
         wait_http(f"http://127.0.0.1:{api_port}/healthz")
         wait_http(f"http://127.0.0.1:{bare_port}/")
+        pids = {"hosepipe api": children[0].pid, "bare asyncpg": children[1].pid}
+        wrk = None if args.client == "httpx" else shutil.which("wrk")
+        if args.client == "wrk" and wrk is None:
+            raise SystemExit("--client wrk: no wrk on PATH (Debian: apt-get install wrk)")
 
         mid = args.rows // 2
         mid_at = T0 + timedelta(seconds=mid * 2)
@@ -326,21 +403,30 @@ def main() -> None:
             f"\nrows={args.rows:,} concurrency={args.concurrency} "
             f"duration={args.duration:.0f}s/scenario  machine={platform.machine()} "
             f"cpus={os.cpu_count()} python={platform.python_version()}  "
-            f"date={datetime.now(UTC):%Y-%m-%d}"
+            f"date={datetime.now(UTC):%Y-%m-%d}  client={'wrk' if wrk else 'httpx'}  "
+            f"load={' '.join(f'{x:.1f}' for x in os.getloadavg())}"
         )
         print(
             f"{'scenario':<24} {'server':<14} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
-            f"{'p99 ms':>8} {'errors':>6}"
+            f"{'p99 ms':>8} {'cpu ms':>8} {'errors':>6}"
         )
         for name, (graphql_bodies, bare_bodies) in scenarios.items():
             for label, target, bodies in (
                 ("hosepipe api", f"http://127.0.0.1:{api_port}/graphql", graphql_bodies),
                 ("bare asyncpg", f"http://127.0.0.1:{bare_port}/", bare_bodies),
             ):
-                r = asyncio.run(drive(target, bodies, args.concurrency, args.duration))
+                pid = pids[label]
+                # Warm-up (pool, prepared statements, caches) outside the measurement.
+                asyncio.run(drive(target, bodies, args.concurrency, 1.0))
+                cpu_before = cpu_seconds(pid)
+                if wrk:
+                    r = drive_wrk(wrk, target, bodies, args.concurrency, args.duration)
+                else:
+                    r = asyncio.run(drive(target, bodies, args.concurrency, args.duration))
+                cpu_ms = (cpu_seconds(pid) - cpu_before) * 1000 / max(1, r["requests"])
                 print(
                     f"{name:<24} {label:<14} {r['rps']:>8.0f} {r['p50']:>8.1f} "
-                    f"{r['p95']:>8.1f} {r['p99']:>8.1f} {r['errors']:>6}",
+                    f"{r['p95']:>8.1f} {r['p99']:>8.1f} {cpu_ms:>8.2f} {r['errors']:>6}",
                     flush=True,
                 )
     finally:

@@ -1,0 +1,206 @@
+"""The API's fast paths give the same answers as the general ones (no servers needed).
+
+* :class:`api.execution.LeafObjectsExecutionContext` against graphql-core's own completion,
+  on a small schema with aliases, fragments, directives, nulls and errors;
+* :class:`api.documents.DocumentCache`: a cached document still gets rejected or accepted
+  exactly as without the cache;
+* :func:`api.events.row_cursors` equals :func:`api.events.encode_cursor` of each row key;
+* :func:`api.store.asyncpg_url` keeps libpq ``options`` as server settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+import strawberry
+from graphql import ASTValidationRule
+from hypothesis import given
+from hypothesis import strategies as st
+from strawberry.extensions import AddValidationRules
+from strawberry.extensions.query_depth_limiter import create_validator
+from strawberry.scalars import JSON
+
+from api.documents import DocumentCache, ValidDocuments
+from api.events import EventOrder, encode_cursor, row_cursors, row_key
+from api.execution import LeafObjectsExecutionContext
+from api.store import RawJson, asyncpg_url, json_default
+
+
+@strawberry.type
+class Item:
+    name: str
+    size: int | None
+    when: datetime
+    data: JSON
+
+
+@strawberry.type
+class Edge:
+    cursor: str
+    node: Item
+
+
+@strawberry.type
+class Page:
+    edges: list[Edge]
+    label: str | None
+
+    @strawberry.field
+    def computed(self) -> int:
+        return len(self.edges)
+
+
+@dataclass
+class Bad:
+    """An object whose non-null ``name`` is missing: graphql-core must report it."""
+
+    name: Any = None
+    size: int | None = None
+    when: datetime = datetime(2026, 1, 1, tzinfo=UTC)
+    data: Any = None
+
+
+def _items() -> list[Edge]:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    return [
+        Edge(
+            cursor=f"c{i}",
+            node=Item(
+                name=f"n{i}",
+                size=None if i % 2 else i,
+                when=at + timedelta(seconds=i),
+                data={"i": i},  # type: ignore[arg-type]
+            ),
+        )
+        for i in range(5)
+    ]
+
+
+@strawberry.type
+class Query:
+    @strawberry.field
+    def page(self, broken: bool = False) -> Page:
+        edges = _items()
+        if broken:
+            edges[2] = Edge(cursor="x", node=Bad())  # type: ignore[arg-type]
+        return Page(edges=edges, label=None)
+
+    @strawberry.field
+    async def later(self) -> Page:
+        await asyncio.sleep(0)
+        return Page(edges=_items(), label="later")
+
+
+QUERIES = [
+    "{ page { edges { cursor node { name size when data } } label } }",
+    "{ page { e: edges { c: cursor n: node { n: name s: size } } computed } }",
+    "query($skip: Boolean!) { page { edges { node { name size @skip(if: $skip) when } } } }",
+    "fragment F on Item { name data } { page { edges { node { ...F when } } } }",
+    "{ page { edges { node { ... on Item { name __typename } } } } }",
+    "{ page(broken: true) { edges { cursor node { name size } } } }",
+    "{ later { edges { node { name } } label } }",
+    "{ page { edges { node { name } } } later { label } }",
+]
+
+
+class CountingContext(LeafObjectsExecutionContext):
+    """Records how many objects took the fast path (so the comparison below proves something)."""
+
+    fast_objects = 0
+
+    def complete_object_value(self, return_type: Any, fields: Any, *args: Any) -> Any:
+        if self._leaf_plan(return_type, fields):
+            CountingContext.fast_objects += 1
+        return super().complete_object_value(return_type, fields, *args)
+
+
+def _run(schema: strawberry.Schema, query: str) -> Any:
+    result = asyncio.run(schema.execute(query, variable_values={"skip": True}))
+    errors = [(e.message, e.path) for e in result.errors or ()]
+    return orjson.loads(orjson.dumps(result.data)), errors
+
+
+@pytest.mark.parametrize("query", QUERIES)
+def test_leaf_completion_matches_graphql_core(query: str) -> None:
+    general = strawberry.Schema(query=Query)
+    fast = strawberry.Schema(query=Query, execution_context_class=CountingContext)
+    CountingContext.fast_objects = 0
+    assert _run(fast, query) == _run(general, query)
+    # __typename is left to graphql-core (so is any resolver field): no fast object there.
+    assert (CountingContext.fast_objects > 0) is ("__typename" not in query)
+
+
+def test_leaf_completion_skips_resolvers_and_typename() -> None:
+    fast = strawberry.Schema(query=Query, execution_context_class=CountingContext)
+    CountingContext.fast_objects = 0
+    _run(fast, "{ page { computed } }")  # a resolver field: the general path
+    assert CountingContext.fast_objects == 0
+
+
+def test_leaf_completion_reports_null_in_non_null_field() -> None:
+    fast = strawberry.Schema(query=Query, execution_context_class=LeafObjectsExecutionContext)
+    data, errors = _run(fast, QUERIES[5])
+    assert data is None or data["page"] is None
+    assert errors and "non-nullable" in errors[0][0]
+
+
+def test_document_cache_keeps_validation() -> None:
+    documents = ValidDocuments(size=2)
+    rules: list[type[ASTValidationRule]] = [create_validator(2, None)]
+    schema = strawberry.Schema(
+        query=Query,
+        extensions=[lambda: AddValidationRules(rules), lambda: DocumentCache(documents)],
+    )
+    ok = "{ page { label } }"
+    too_deep = "{ page { edges { node { name } } } }"
+    for _ in range(3):
+        assert not asyncio.run(schema.execute(ok)).errors
+        result = asyncio.run(schema.execute(too_deep))
+        assert result.errors and "exceeds maximum operation depth" in result.errors[0].message
+    assert len(documents) == 1  # only the valid document is kept
+    assert not asyncio.run(schema.execute("{ page { computed } }")).errors
+    assert not asyncio.run(schema.execute("{ later { label } }")).errors
+    assert len(documents) == 2  # bounded
+
+
+@given(
+    at=st.datetimes(
+        min_value=datetime(1900, 1, 1),
+        max_value=datetime(2200, 1, 1),
+        timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30))]),
+    ),
+    event_id=st.text(min_size=1, max_size=40),
+    order=st.sampled_from(list(EventOrder)),
+)
+def test_row_cursors_match_encode_cursor(at: datetime, event_id: str, order: EventOrder) -> None:
+    row = SimpleNamespace(occurred_at=at, ingested_at=at + timedelta(seconds=1), event_id=event_id)
+    assert row_cursors([row], order) == [encode_cursor(row_key(row, order))]
+
+
+def test_asyncpg_url_moves_options_to_server_settings() -> None:
+    url, settings = asyncpg_url(
+        "postgresql+psycopg://u:p@h:5432/db?options=-csearch_path%3Dapi_1%20-c%20"
+        "statement_timeout%3D5000&sslmode=require"
+    )
+    assert url.drivername == "postgresql+asyncpg"
+    assert settings == {"search_path": "api_1", "statement_timeout": "5000"}
+    assert dict(url.query) == {"ssl": "require"}
+    assert asyncpg_url("postgresql://u@h/db")[1] == {}
+    with pytest.raises(ValueError, match="options"):
+        asyncpg_url("postgresql://u@h/db?options=-x")
+
+
+def test_raw_json_is_embedded_verbatim() -> None:
+    raw = RawJson('{"a": [1, 2.50, null]}')
+    assert orjson.loads(orjson.dumps({"p": raw}, default=json_default)) == {
+        "p": {"a": [1, 2.5, None]}
+    }
+    assert raw.value() == {"a": [1, 2.5, None]}
+    with pytest.raises(TypeError):
+        orjson.dumps({"x": object()}, default=json_default)
