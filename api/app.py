@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
@@ -44,6 +44,8 @@ LATENCY = Histogram(
     "Latency of /graphql HTTP requests.",
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+DRAIN_FACTOR = 64
+"""A refused request's body is read and dropped up to this many times the size limit."""
 AUTH_FAILURES = Counter("hosepipe_api_auth_failures_total", "Rejected credentials.")
 
 
@@ -158,6 +160,92 @@ class GraphQLMetrics:
             REQUESTS.labels(str(status["code"])).inc()
 
 
+def too_large(limit: int) -> bytes:
+    """The 413 body: a GraphQL-shaped error naming the limit and its key."""
+    message = (
+        f"query too large: the request is more than {limit} bytes (api.max_query_bytes); "
+        "send a smaller query document or fewer variables"
+    )
+    return orjson.dumps({"errors": [{"message": message}]})
+
+
+class QuerySizeLimit:
+    """Answers HTTP 413 to a /graphql request larger than ``limit`` bytes, before parsing.
+
+    A POST body is read up to ``limit + 1`` bytes (whatever Content-Length claims) and handed
+    on from memory; a GET is measured by its query string. Websockets pass through (uvicorn
+    caps frame size; the parser's token limit still applies).
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if len(scope.get("query_string", b"")) > self.limit:
+            await self._refuse(send)
+            return
+        if scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", ())).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(send, receive)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._refuse(send, receive, more=message.get("more_body", False))
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Send, receive: Receive | None = None, more: bool = True) -> None:
+        # Read (and drop) a moderate rest of the body first: a client still sending when the
+        # connection closes sees a reset instead of the 413.
+        budget = DRAIN_FACTOR * self.limit
+        while receive is not None and more and budget > 0:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            budget -= len(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = too_large(self.limit)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
 def build_state(settings: Settings, pipeline: PipelineConfig, pool_size: int = 10) -> ApiState:
     """Process-wide state (no connection is opened until the first query)."""
     store = Store(make_engine(settings, pool_size=pool_size))
@@ -172,7 +260,9 @@ def build_state(settings: Settings, pipeline: PipelineConfig, pool_size: int = 1
 
 def create_app(state: ApiState) -> Starlette:
     """The Starlette app around the GraphQL view."""
-    graphql = GraphQLMetrics(HosepipeGraphQL(state))
+    graphql = GraphQLMetrics(
+        QuerySizeLimit(HosepipeGraphQL(state), state.pipeline.api.max_query_bytes)
+    )
 
     async def health() -> dict[str, Any]:
         now = await state.store.ping()

@@ -51,6 +51,28 @@ class ApiError(Exception):
     """A client mistake (bad cursor, limit exceeded); its message is shown to the caller."""
 
 
+def reject_nul(value: Any, where: str) -> None:
+    """:class:`ApiError` naming ``where`` when a string in ``value`` holds a NUL character.
+
+    PostgreSQL text and jsonb cannot hold U+0000, so a comparison with such a string fails
+    inside the database; ``value`` may be a string or a JSON document (keys are checked too).
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise ApiError(
+                    f"{where} contains a NUL character (\\u0000), which PostgreSQL text and "
+                    "jsonb cannot hold: no stored value can match it; remove it"
+                )
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+
+
 class EventOrder(enum.Enum):
     """Total orders over events; each ends with ``event_id`` so keys are unique."""
 
@@ -202,6 +224,9 @@ def encode_cursor(key: EventKey) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+ORDER_VALUES = frozenset(o.value for o in EventOrder)
+
+
 def decode_cursor(cursor: str, order: EventOrder) -> EventKey:
     """Parse a cursor from :func:`encode_cursor`; :class:`ApiError` when foreign or damaged."""
     try:
@@ -209,8 +234,14 @@ def decode_cursor(cursor: str, order: EventOrder) -> EventKey:
         kind, order_value, at_us, event_id = orjson.loads(raw)
     except (binascii.Error, ValueError, TypeError) as exc:
         raise ApiError("invalid cursor in 'after': pass an endCursor or edge cursor") from exc
-    if kind != "e" or not isinstance(at_us, int) or not isinstance(event_id, str):
+    if (
+        kind != "e"
+        or not isinstance(at_us, int)
+        or not isinstance(event_id, str)
+        or order_value not in ORDER_VALUES
+    ):
         raise ApiError("invalid cursor in 'after': not an events cursor")
+    reject_nul(event_id, "the cursor in 'after'")
     if order_value != order.value:
         raise ApiError(
             f"cursor in 'after' was made for orderBy {EventOrder(order_value).name}, "

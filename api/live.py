@@ -101,10 +101,12 @@ class LiveHub:
             self._task = None
 
     async def _horizon(self) -> int:
-        async with self.store.engine.connect() as conn:
-            value = await conn.scalar(
+        async def xmin(conn: Any) -> Any:
+            return await conn.scalar(
                 text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
             )
+
+        value = await self.store.read(xmin)
         return int(value) % XID_MODULUS
 
     async def _run(self) -> None:

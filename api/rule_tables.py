@@ -44,7 +44,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
 from strawberry.scalars import JSON
 
-from api.events import ApiError
+from api.events import ApiError, reject_nul
 from hosepipe.config import PipelineConfig, SelectionRule
 from hosepipe.db import rule_table
 
@@ -159,6 +159,7 @@ def decode_row_cursor(cursor: str, table: Table, key: list[Column[Any]]) -> list
         kind, name, values = orjson.loads(raw)
         if kind != "r" or name != table.name or len(values) != len(key):
             raise ValueError("foreign cursor")
+        reject_nul(values, f"the cursor in 'after' for {table.name}")
         return [_parse_key_value(c, v) for c, v in zip(key, values, strict=True)]
     except (binascii.Error, ValueError, TypeError, decimal.InvalidOperation) as exc:
         raise ApiError(f"invalid cursor in 'after' for {table.name}") from exc
@@ -292,6 +293,9 @@ class RuleQuery:
             return clauses
         for column in self.declared:
             py_type, ordered = graphql_type(column)
+            for suffix in ("", "_in", "_contains"):
+                name = column.name + suffix
+                reject_nul(getattr(flt, name, None), f"filter.{_camel(name)}")
             if py_type is JSON:
                 value = getattr(flt, f"{column.name}_contains", None)
                 if value is not None:

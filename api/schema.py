@@ -13,10 +13,9 @@ from datetime import datetime
 from typing import Any, cast
 
 import strawberry
-from graphql import ASTValidationRule, GraphQLError
+from graphql import ASTValidationRule, GraphQLError, MaxIntrospectionDepthRule
 from strawberry.dataloader import DataLoader
-from strawberry.extensions import AddValidationRules, MaskErrors
-from strawberry.extensions.query_depth_limiter import create_validator as create_depth_validator
+from strawberry.extensions import AddValidationRules, MaskErrors, MaxTokensLimiter
 from strawberry.scalars import JSON
 from strawberry.schema.config import StrawberryConfig
 
@@ -27,7 +26,7 @@ from api.events import ApiError, EventCriteria
 from api.events import EventOrder as _EventOrder
 from api.events import GroupBy as _GroupBy
 from api.execution import LeafObjectsExecutionContext
-from api.limits import cost_rule
+from api.limits import cost_rule, depth_rule
 from api.store import Count, Store
 from hosepipe.config import PipelineConfig
 
@@ -206,6 +205,19 @@ def criteria_of(flt: EventFilter | None) -> EventCriteria:
     """The pure criteria of a GraphQL filter; :class:`ApiError` on contradictions."""
     if flt is None:
         return EventCriteria()
+    for name, value in (
+        ("source", flt.source),
+        ("sources", flt.sources),
+        ("eventType", flt.event_type),
+        ("eventTypes", flt.event_types),
+        ("subject", flt.subject),
+        ("payload", flt.payload),
+        ("attributes", flt.attributes),
+    ):
+        ev.reject_nul(value, f"filter.{name}")
+    for i, condition in enumerate(flt.payload_path or ()):
+        ev.reject_nul(condition.path, f"filter.payloadPath[{i}].path")
+        ev.reject_nul(condition.equals, f"filter.payloadPath[{i}].equals")
     sources = _one_or_many(flt.source, flt.sources, "source", "sources")
     types = _one_or_many(flt.event_type, flt.event_types, "eventType", "eventTypes")
     attributes = flt.attributes
@@ -301,6 +313,7 @@ class Query:
 
     @strawberry.field(description="One event by its id (batched when asked several times).")
     async def event(self, info: Info, event_id: str) -> Event | None:
+        ev.reject_nul(event_id, "eventId")
         store = info.context.store
 
         async def load(ids: list[str]) -> list[Event | None]:
@@ -370,11 +383,14 @@ def build_schema(pipeline: PipelineConfig) -> strawberry.Schema:
     api = pipeline.api
     # The rule classes are built once so that a validated document can be cached under them.
     rules: list[type[ASTValidationRule]] = [
-        create_depth_validator(api.max_depth, None),
+        depth_rule(api.max_depth),
         cost_rule(api.max_cost, api.max_first),
+        MaxIntrospectionDepthRule,  # graphql-js's cap on cyclic introspection lists
     ]
     documents = ValidDocuments()
     extensions: list[Any] = [
+        # The parser stops after this many tokens (comments included): bounds parse CPU.
+        lambda: MaxTokensLimiter(api.max_query_tokens),
         lambda: AddValidationRules(rules),
         lambda: DocumentCache(documents),
         lambda: MaskErrors(

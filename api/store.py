@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import URL, Select, func, make_url, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from api.events import (
     EventCriteria,
@@ -32,6 +33,7 @@ from hosepipe.db import async_url, events
 from hosepipe.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 OPTION = re.compile(r"(?:-c\s*|--)([A-Za-z_][\w.]*)=(\S+)")
 """One ``-c name=value`` (or ``--name=value``) of libpq's ``options`` parameter."""
@@ -122,16 +124,43 @@ def asyncpg_url(database_url: str) -> tuple[URL, dict[str, str]]:
     return url.difference_update_query(["options"]), settings
 
 
+def is_disconnect(error: BaseException) -> bool:
+    """Whether ``error`` means the pooled connection was dead (e.g. PostgreSQL restarted).
+
+    SQLAlchemy flags it (``connection_invalidated``) and then discards the whole pool, so a
+    retry gets a fresh connection.
+    """
+    return isinstance(error, DBAPIError) and error.connection_invalidated
+
+
 class Store:
-    """Read queries of the API."""
+    """Read queries of the API.
+
+    The pool does not ping connections at checkout (a round trip per query); instead a read
+    that fails because its connection was dead is run once more on a new one. Every query
+    here is a read, so running it again is safe.
+    """
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    async def rows(self, stmt: Select[Any]) -> Sequence[Any]:
+    async def read(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """``work`` on a pooled connection, once more on a fresh one after a disconnect."""
+        try:
+            async with self.engine.connect() as conn:
+                return await work(conn)
+        except DBAPIError as exc:
+            if not is_disconnect(exc):
+                raise
+            log.warning("database connection was lost (%s); retrying the read once", exc.orig)
         async with self.engine.connect() as conn:
-            result = await conn.execute(stmt)
-            return result.all()
+            return await work(conn)
+
+    async def rows(self, stmt: Select[Any]) -> Sequence[Any]:
+        async def run(conn: AsyncConnection) -> Sequence[Any]:
+            return (await conn.execute(stmt)).all()
+
+        return await self.read(run)
 
     async def page(
         self, criteria: EventCriteria, order: EventOrder, first: int, after: EventKey | None
@@ -146,27 +175,29 @@ class Store:
 
     async def count_select(self, stmt: Select[Any], exact_limit: int) -> Count:
         """Rows of ``stmt``: counted up to ``exact_limit + 1``, estimated above."""
-        async with self.engine.connect() as conn:
-            if exact_limit > 0:
-                bounded = select(func.count()).select_from(stmt.limit(exact_limit + 1).subquery())
-                n = int((await conn.execute(bounded)).scalar_one())
-                if n <= exact_limit:
-                    return Count(n, True)
-            compiled = stmt.compile(
-                dialect=conn.dialect, compile_kwargs={"render_postcompile": True}
-            )
-            # Parameters stay bound: EXPLAIN of a parameterized statement plans with the values.
-            params: Any = compiled.params
-            if compiled.positiontup is not None:
-                params = tuple(params[name] for name in compiled.positiontup)
-            result = await conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + str(compiled), params)
-            plan = result.scalar_one()
-            if isinstance(plan, RawJson):
-                plan = plan.value()
-            elif isinstance(plan, str | bytes):
-                plan = orjson.loads(plan)
-            estimate = int(plan[0]["Plan"]["Plan Rows"])
-            return Count(max(estimate, exact_limit + 1), False)
+        return await self.read(lambda conn: self._count_select(conn, stmt, exact_limit))
+
+    async def _count_select(
+        self, conn: AsyncConnection, stmt: Select[Any], exact_limit: int
+    ) -> Count:
+        if exact_limit > 0:
+            bounded = select(func.count()).select_from(stmt.limit(exact_limit + 1).subquery())
+            n = int((await conn.execute(bounded)).scalar_one())
+            if n <= exact_limit:
+                return Count(n, True)
+        compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+        # Parameters stay bound: EXPLAIN of a parameterized statement plans with the values.
+        params: Any = compiled.params
+        if compiled.positiontup is not None:
+            params = tuple(params[name] for name in compiled.positiontup)
+        result = await conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + str(compiled), params)
+        plan = result.scalar_one()
+        if isinstance(plan, RawJson):
+            plan = plan.value()
+        elif isinstance(plan, str | bytes):
+            plan = orjson.loads(plan)
+        estimate = int(plan[0]["Plan"]["Plan Rows"])
+        return Count(max(estimate, exact_limit + 1), False)
 
     async def counts(self, group_by: Sequence[GroupBy], criteria: EventCriteria) -> Sequence[Any]:
         return await self.rows(counts_statement(group_by, criteria))
@@ -187,5 +218,7 @@ class Store:
         return await self.rows(stmt)
 
     async def ping(self) -> datetime:
-        async with self.engine.connect() as conn:
+        async def now(conn: AsyncConnection) -> datetime:
             return (await conn.execute(text("SELECT now()"))).scalar_one()  # type: ignore[no-any-return]
+
+        return await self.read(now)

@@ -571,6 +571,18 @@ class ApiConfig(Strict):
     max_first: int = Field(1000, ge=1, le=10_000)
     max_depth: int = Field(10, ge=2, le=100)
     max_cost: int = Field(5000, ge=1)
+    max_query_bytes: int = Field(
+        100_000,
+        ge=1_000,
+        description="Largest /graphql request (POST body or GET query string) in bytes; "
+        "larger ones get HTTP 413 before anything is parsed.",
+    )
+    max_query_tokens: int = Field(
+        10_000,
+        ge=100,
+        description="Most lexical tokens (comments included) in a query document; the "
+        "parser stops beyond it.",
+    )
     introspection: bool = True
     graphiql: bool = True
     cors_origins: list[str] = Field(default_factory=list)

@@ -35,7 +35,10 @@ SNAPSHOT = Path(__file__).parent / "schema.graphql"
 @given(
     order=st.sampled_from(list(EventOrder)),
     at_us=st.integers(min_value=0, max_value=2**52),
-    event_id=st.text(min_size=1, max_size=80),
+    # PostgreSQL text cannot hold NUL, so no stored event_id (and no cursor) has one.
+    event_id=st.text(
+        st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=80
+    ),
 )
 def test_cursor_round_trip(order: EventOrder, at_us: int, event_id: str) -> None:
     key = EventKey(order, at_us, event_id)
