@@ -35,6 +35,7 @@ from hosepipe.config import SelectionConfig
 from hosepipe.db import NOTIFY_CHANNEL, LoadNotice, rule_tables
 from selector.plan import Checkpoint, LakeFile, Shard
 from selector.projection import CompiledRule, RuleOutput, apply_rule, micros_to_datetime
+from selector.screen import escape_nul, unstorable_rows
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,7 @@ class RuleBatch:
     output: RuleOutput = field(default_factory=lambda: RuleOutput({}, []))
     rejected: list[tuple[str, list[tuple[str, str, dict[str, Any]]]]] = field(default_factory=list)
     events: pa.Table | None = None  # a rule without columns: the matching events
+    origins: list[tuple[str, int]] = field(default_factory=list)  # of events: (file, rows)
 
 
 class Loader:
@@ -235,6 +237,7 @@ class Loader:
             with raw.cursor() as cur:
                 if tables:
                     combined = pa.concat_tables(tables).combine_chunks()
+                    origins = [(f.path, t.num_rows) for f, t in parts if t.num_rows]
                     bounds = pc.min_max(combined["occurred_at"]).as_py()
                     result.min_occurred_at = bounds["min"]
                     result.max_occurred_at = bounds["max"]
@@ -244,7 +247,13 @@ class Loader:
                         projected = pool.submit(self._project_rules, parts)
                         if self.selection.load_all_events:
                             result.events = self._upsert_events(
-                                cur, combined, "events", result, optimistic=checkpoint
+                                cur,
+                                combined,
+                                "events",
+                                "events",
+                                result,
+                                optimistic=checkpoint,
+                                origins=origins,
                             )
                             result.tables["events"] = result.events
                         batches = projected.result()
@@ -272,15 +281,38 @@ class Loader:
         cur: psycopg.Cursor[Any],
         table: pa.Table,
         target: str,
+        rule: str,
         result: LoadResult,
         optimistic: bool = True,
+        origins: Sequence[tuple[str, int]] = (),
     ) -> int:
-        """Upsert events-shaped rows into ``target``; rows with non-JSON payloads are rejected.
+        """Upsert events-shaped rows into ``target``; rows PostgreSQL cannot store (a NUL
+        character, a payload that is not JSON) go to ``rejected_rows`` under ``rule``.
 
         ``copy``: COPY straight into the table (one pass, like a plain COPY) when the batch
         has no repeated event_id; a unique violation (a replayed or reloaded event) rolls
-        back to a savepoint and merges instead. ``merge`` always merges.
+        back to a savepoint and merges instead. ``merge`` always merges. ``origins`` (lake
+        path, rows) in table order name the file of a rejected row.
         """
+        unstorable = unstorable_rows(table)
+        if unstorable:
+            # Screened before COPY: such a row would fail every load of its file.
+            indices = pa.array(list(unstorable), pa.int64())
+            rows = event_dicts(table.take(indices))
+            self._reject_rows(
+                cur,
+                rule,
+                [
+                    (str(row["event_id"]), reason, row, _origin(origins, index))
+                    for (index, reason), row in zip(unstorable.items(), rows, strict=True)
+                ],
+                result,
+            )
+            keep = [True] * table.num_rows
+            for index in unstorable:
+                keep[index] = False
+            table = table.filter(pa.array(keep, pa.bool_()))
+            origins = _without(origins, list(unstorable))
         if (
             self.method == "copy"
             and optimistic
@@ -302,15 +334,15 @@ class Loader:
             cur.execute("ROLLBACK TO SAVEPOINT hp_events")
             log.warning("invalid payloads in batch, rejecting them", extra={"error": str(exc)})
             mask = valid_json_mask(table["payload"])
-            bad = table.filter(pa.array([not ok for ok in mask]))
-            self._reject(
+            bad_indices = [i for i, ok in enumerate(mask) if not ok]
+            bad = table.take(pa.array(bad_indices, pa.int64()))
+            self._reject_rows(
                 cur,
-                target,
+                rule,
                 [
-                    (str(row["event_id"]), "payload is not valid JSON", row)
-                    for row in event_dicts(bad)
+                    (str(row["event_id"]), "payload is not valid JSON", row, _origin(origins, i))
+                    for i, row in zip(bad_indices, event_dicts(bad), strict=True)
                 ],
-                None,
                 result,
             )
             count = self._merge_events(cur, table.filter(pa.array(mask)), target)
@@ -375,10 +407,11 @@ class Loader:
             batch = RuleBatch(rule, self.tables[rule.name])
             batches.append(batch)
             if not rule.columns:
-                picked = [candidates(rule, t) for _, t in parts if t.num_rows]
-                picked = [t.filter(pa.array(self._matching(rule, t))) for t in picked]
-                picked = [t for t in picked if t.num_rows]
-                batch.events = pa.concat_tables(picked) if picked else None
+                picked = [(f.path, candidates(rule, t)) for f, t in parts if t.num_rows]
+                picked = [(p, t.filter(pa.array(self._matching(rule, t)))) for p, t in picked]
+                picked = [(p, t) for p, t in picked if t.num_rows]
+                batch.events = pa.concat_tables([t for _, t in picked]) if picked else None
+                batch.origins = [(p, t.num_rows) for p, t in picked]
                 continue
             for file, part in parts:
                 if not part.num_rows:
@@ -419,7 +452,9 @@ class Loader:
             if not batch.rule.columns:
                 count = 0
                 if batch.events is not None:
-                    count = self._upsert_events(cur, batch.events, name, result, optimistic)
+                    count = self._upsert_events(
+                        cur, batch.events, name, batch.rule.name, result, optimistic, batch.origins
+                    )
                 result.tables[name] = count
                 continue
             for file, rejected in batch.rejected:
@@ -470,21 +505,37 @@ class Loader:
         )
         return int(cur.rowcount)
 
-    @staticmethod
+    @classmethod
     def _reject(
+        cls,
         cur: psycopg.Cursor[Any],
         rule: str,
         rejected: Sequence[tuple[str, str, dict[str, Any]]],
         file: str | None,
         result: LoadResult,
     ) -> None:
+        cls._reject_rows(
+            cur, rule, [(event_id, reason, row, file) for event_id, reason, row in rejected], result
+        )
+
+    @staticmethod
+    def _reject_rows(
+        cur: psycopg.Cursor[Any],
+        rule: str,
+        rejected: Sequence[tuple[str, str, dict[str, Any], str | None]],
+        result: LoadResult,
+    ) -> None:
+        """Record ``(event_id, reason, row, file)`` in rejected_rows (NULs escaped, since
+        PostgreSQL could not store the row otherwise)."""
+        if not rejected:
+            return
         cur.executemany(
             'INSERT INTO rejected_rows (rule, event_id, reason, "row", file) VALUES'
             " (%s, %s, %s, %s, %s) ON CONFLICT (rule, event_id) DO UPDATE SET"
             ' reason = excluded.reason, "row" = excluded."row", file = excluded.file, at = now()',
             [
-                (rule, event_id, reason, Jsonb(_json_row(row)), file)
-                for event_id, reason, row in rejected
+                (rule, escape_nul(event_id), reason, Jsonb(escape_nul(_json_row(row))), file)
+                for event_id, reason, row, file in rejected
             ],
         )
         result.rejected[rule] = result.rejected.get(rule, 0) + len(rejected)
@@ -496,6 +547,27 @@ def _json_row(event: dict[str, Any]) -> dict[str, Any]:
         if isinstance(row.get(name), int):
             row[name] = _iso(micros_to_datetime(row[name]))
     return row
+
+
+def _origin(origins: Sequence[tuple[str, int]], index: int) -> str | None:
+    """The lake file of row ``index`` of a table made of ``origins`` (path, rows) in order."""
+    for path, rows in origins:
+        if index < rows:
+            return path
+        index -= rows
+    return None
+
+
+def _without(origins: Sequence[tuple[str, int]], indices: Sequence[int]) -> list[tuple[str, int]]:
+    """``origins`` after the rows at ``indices`` were removed from the table."""
+    removed = [0] * len(origins)
+    for index in indices:
+        for n, (_, rows) in enumerate(origins):
+            if index < rows:
+                removed[n] += 1
+                break
+            index -= rows
+    return [(path, rows - gone) for (path, rows), gone in zip(origins, removed, strict=True)]
 
 
 def _last_per_event_id(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from hosepipe.config import ColumnSpec, Predicate, SelectionRule
+from selector.screen import NUL, has_nul, nul_reason
 
 EVENT_FIELDS = ("event_id", "source", "event_type", "occurred_at", "ingested_at", "subject")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -153,11 +154,15 @@ def to_column(value: Any, spec: ColumnSpec) -> Any:
     kind = spec.type
     if kind == "text":
         if isinstance(value, str):
+            if NUL in value:
+                raise Rejected(_NUL_TEXT)
             return value
         if isinstance(value, datetime):
             return value.isoformat()
         return orjson.dumps(value).decode()  # numbers, booleans, objects: their JSON text
     if kind == "jsonb":
+        if has_nul(value):
+            raise Rejected(_NUL_TEXT)
         return value.isoformat() if isinstance(value, datetime) else value
     if kind in ("integer", "bigint"):
         number = _integer(value)
@@ -206,6 +211,9 @@ def to_column(value: Any, spec: ColumnSpec) -> Any:
                 raise _wrong(value, spec) from None
         raise _wrong(value, spec)
     raise Rejected(f"unknown column type {kind!r}")
+
+
+_NUL_TEXT = "contains a NUL character (U+0000, \\u0000), which PostgreSQL cannot store"
 
 
 def _integer(value: Any) -> int | None:
@@ -339,6 +347,9 @@ class CompiledRule:
 
     def project(self, view: EventView) -> dict[str, Any]:
         """The typed row of the rule's table; raises :class:`Rejected` with the reason."""
+        event_id = view.event.get("event_id")
+        if isinstance(event_id, str) and NUL in event_id:
+            raise Rejected(nul_reason(["event_id"]))  # the row's _event_id could not be stored
         row: dict[str, Any] = {}
         for name, path, spec in self.columns:
             try:

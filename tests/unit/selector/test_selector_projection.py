@@ -164,3 +164,38 @@ def test_repeated_key_keeps_the_latest_event() -> None:
         ],
     )
     assert out.rows[("A",)]["v"] == "new"
+
+
+def test_nul_in_text_jsonb_or_event_id_rejects_the_row() -> None:
+    r = rule(
+        columns={
+            "id": {"path": "$.payload.id"},
+            "who": {"path": "subject"},
+            "extra": {"path": "$.payload.extra", "type": "jsonb"},
+            "n": {"path": "$.payload.n", "type": "integer"},
+        },
+        key=["id"],
+    )
+    out = apply_rule(
+        r,
+        [
+            event({"id": "A", "extra": {"k": ["ok"]}, "n": 1}, event_id="e1"),
+            event({"id": "B\u0000"}, event_id="e2"),
+            event({"id": "C"}, event_id="e3", subject="c\x00"),
+            event({"id": "D", "extra": {"k": ["\u0000"]}}, event_id="e4"),
+            event({"id": "E"}, event_id="e5\x00"),
+            event({"id": "F", "n": "1\u0000"}, event_id="e6"),
+            # Not a NUL: a backslash followed by "u0000" is storable text.
+            event({"id": "G\\u0000"}, event_id="e7"),
+        ],
+    )
+    assert sorted(out.rows) == [("A",), ("G\\u0000",)]
+    reasons = {event_id: reason for event_id, reason, _ in out.rejected}
+    nul = "contains a NUL character (U+0000, \\u0000)"
+    assert reasons["e2"].startswith("column id ($.payload.id): " + nul)
+    assert reasons["e3"].startswith("column who (subject): " + nul)
+    assert reasons["e4"].startswith("column extra ($.payload.extra): " + nul)
+    assert reasons["e5\x00"].startswith("event_id: " + nul)
+    assert reasons["e6"] == "column n ($.payload.n): '1\\x00' is not integer"
+    with pytest.raises(Rejected, match="NUL"):
+        to_column("a\x00", col("text"))
