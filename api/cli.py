@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        help="Pipeline YAML (default: $HOSEPIPE_CONFIG_FILE or hosepipe.yaml).",
-        show_default=False,
-    ),
-]
+from hosepipe.cli import ConfigOption
 
 
 def register(app: typer.Typer) -> None:
