@@ -46,9 +46,12 @@ unit: install
 integration: install
 	$(BIN)/python -m pytest -q -m "integration and not slow" $(PYTEST_ARGS)
 
-## make bench: the benchmarks that print figures (see docs/benchmarks.md)
+## make bench: the benchmarks that print figures (see docs/benchmarks.md); the whole pipeline
+## (bench/e2e.py) first, then every per-stage bench. One: make bench BENCH=bench/e2e.py
+## BENCH_ARGS="--events 100000"
+BENCH ?= bench/e2e.py $(filter-out bench/e2e.py,$(wildcard bench/*.py))
 bench: install
-	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	for b in $(BENCH); do echo "== $$b"; $(BIN)/python $$b $(BENCH_ARGS) || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache

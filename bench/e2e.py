@@ -1,0 +1,755 @@
+"""The whole pipeline on one machine: raw topic -> worker -> sink -> lake -> select -> PostgreSQL.
+
+    python bench/e2e.py                        # 300,000 events, then 2,000 events/s for 30 s
+    python bench/e2e.py --events 100000 --rate 2000 --seconds 30 --broker-storage memory
+
+Starts its own embedded servers on free loopback ports (SeaweedFS S3, Tansu, PostgreSQL,
+as ``hosepipe up`` does: broker topics in S3 unless ``--broker-storage memory``, durable
+PostgreSQL), creates the topics of the pipeline file (default: the repository's
+``hosepipe.yaml``, i.e. the embedded defaults: sink ``max_age`` 10 s, ``select --follow``
+every 5 s, the ``orders`` rule table), runs ``hosepipe db upgrade``, then the components as
+child processes ``python -m hosepipe worker|sink|select --follow``.
+
+Phases, each printed:
+
+1. **ceilings**: a plain confluent-kafka producer, then consumer, over a scratch topic with
+   the same records (before the components start, so they do not compete);
+2. **warm-up**: 100 events, until they are queryable (group joins, first flush);
+3. **throughput**: N demo events (clickstream + orders, 5 % duplicates, 1 % malformed, 2 %
+   late, from :mod:`hosepipe.demo`) produced into the raw topics as fast as the producer
+   goes; sustained events/s = valid unique events / (first produce -> last one in
+   ``events``); ``count(*)`` must equal what was sent. Per stage, the time each consumer
+   group's committed offsets (worker on raw, sink on canonical) reached their final value;
+4. **latency**: clickstream events at a paced rate; every k-th event's send time is kept and
+   PostgreSQL is polled for those ids: event-to-queryable p50/p95/p99; the canonical topic
+   is tailed too (its key is the event id), which splits off the worker's share.
+
+CPU seconds and peak RSS per component and server (psutil; PostgreSQL summed over its
+process tree, so shared buffers count more than once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+COMPONENTS: dict[str, tuple[str, ...]] = {
+    "worker": ("worker",),
+    "sink": ("sink",),
+    "select": ("select", "--follow", "--no-progress"),
+}
+CEILING_TOPIC = "bench.ceiling"
+S3_KEY, S3_SECRET = "bench", "bench-secret-key"
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass
+class Workload:
+    """Encoded raw records per topic and the number of valid unique events among them."""
+
+    records: list[tuple[str, bytes | None, bytes]]
+    expected: int
+    duplicates: int
+    malformed: int
+    late: int
+
+
+def demo_workload(pipeline: Any, n: int, seed: int) -> Workload:
+    """``n`` records, half clickstream, half orders, with the demo's imperfections."""
+    from hosepipe.demo import (
+        DemoCounts,
+        DemoMix,
+        clickstream_event,
+        order_event,
+        with_imperfections,
+    )
+
+    mix, counts = DemoMix(rng=random.Random(seed)), DemoCounts()
+    clicks, orders = pipeline.raw_topic("clickstream"), pipeline.raw_topic("orders")
+    records: list[tuple[str, bytes | None, bytes]] = []
+    batch = 1000
+    while len(records) < n:
+        size = min(batch, n - len(records))
+        for value in with_imperfections(clickstream_event, mix, counts, (size + 1) // 2):
+            records.append((clicks, None, value))
+        for value in with_imperfections(order_event, mix, counts, size // 2):
+            records.append((orders, None, value))
+    return Workload(records, counts.sent, counts.duplicates, counts.malformed, counts.late)
+
+
+def click(rng: random.Random) -> tuple[str, bytes]:
+    """A clean clickstream record sent now: (event id, JSON)."""
+    from hosepipe.demo import DemoCounts, DemoMix, clickstream_event
+
+    body = clickstream_event(DemoMix(duplicates=0, malformed=0, late=0, rng=rng), DemoCounts())
+    return str(body["eventId"]), orjson.dumps(body)
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+@dataclass
+class Resources:
+    """Peak RSS and CPU seconds of named process trees, sampled in a thread."""
+
+    pids: dict[str, int]
+    peak_rss: dict[str, int] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def sample(self) -> dict[str, float]:
+        for name, pid in self.pids.items():
+            try:
+                root = psutil.Process(pid)
+                tree = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                continue
+            rss, cpu = 0, 0.0
+            for proc in tree:
+                try:
+                    rss += proc.memory_info().rss
+                    times = proc.cpu_times()
+                    cpu += times.user + times.system
+                except psutil.Error:
+                    pass
+            self.peak_rss[name] = max(self.peak_rss.get(name, 0), rss)
+            self.cpu[name] = max(self.cpu.get(name, 0.0), cpu)
+        return dict(self.cpu)
+
+    def run(self) -> None:
+        while not self.stop.wait(0.5):
+            self.sample()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def committed_total(settings: Any, group: str, topics: Iterable[str]) -> int:
+    """Sum of ``group``'s committed offsets over every partition of ``topics``."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from hosepipe.kafka import consumer_config
+
+    reader = Consumer(consumer_config(settings, group))  # never subscribes: no group join
+    try:
+        partitions = []
+        for topic in topics:
+            meta = reader.list_topics(topic, timeout=10).topics[topic]
+            partitions += [TopicPartition(topic, p) for p in meta.partitions]
+        return sum(max(tp.offset, 0) for tp in reader.committed(partitions, timeout=10))
+    finally:
+        reader.close()
+
+
+def pg_connect(pg: Any) -> Any:
+    import psycopg
+
+    return psycopg.connect(
+        host="127.0.0.1",
+        port=pg.port,
+        user=pg.user,
+        password=pg.password,
+        dbname=pg.database,
+        autocommit=True,
+    )
+
+
+def produce_all(settings: Any, records: list[tuple[str, bytes | None, bytes]]) -> float:
+    """Produce every record with the project's producer; seconds from first send to flushed."""
+    from hosepipe.kafka import make_producer
+
+    producer = make_producer(settings)
+    failed: list[str] = []
+
+    def delivered(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failed.append(str(err))
+
+    began = time.perf_counter()
+    for topic, key, value in records:
+        while True:
+            try:
+                producer.produce(topic, value, key, on_delivery=delivered)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    left = producer.flush(120)
+    took = time.perf_counter() - began
+    if failed or left:
+        raise SystemExit(f"produce failed: {len(failed)} errors ({failed[:3]}), {left} unsent")
+    return took
+
+
+def consume_all(settings: Any, topic: str, expected: int) -> float:
+    """Consume ``topic`` from the start to ``expected`` records; seconds taken."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from hosepipe.kafka import consumer_config
+
+    reader = Consumer(consumer_config(settings, f"bench-ceiling-{time.time_ns()}"))
+    try:
+        meta = reader.list_topics(topic, timeout=10).topics[topic]
+        reader.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
+        seen, began = 0, time.perf_counter()
+        deadline = began + 300
+        while seen < expected and time.perf_counter() < deadline:
+            seen += sum(1 for m in reader.consume(10000, 1.0) if m.error() is None)
+        return time.perf_counter() - began
+    finally:
+        reader.close()
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------- the stack
+
+
+@dataclass
+class Stack:
+    settings: Any
+    pipeline: Any
+    work: Path
+    servers: dict[str, Any] = field(default_factory=dict)
+    children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        from hosepipe.localstack.supervisor import settings_env
+
+        base = {k: v for k, v in os.environ.items() if not k.startswith("HOSEPIPE_")}
+        return {**base, **settings_env(self.settings), "PYTHONUNBUFFERED": "1"}
+
+    def run_once(self, *args: str) -> None:
+        done = subprocess.run(
+            [sys.executable, "-m", "hosepipe", *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if done.returncode:
+            raise SystemExit(f"hosepipe {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+
+    def start(self, name: str) -> None:
+        log = (self.work / f"{name}.log").open("ab")
+        self.children[name] = subprocess.Popen(
+            [sys.executable, "-m", "hosepipe", *COMPONENTS[name]],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def check_alive(self) -> None:
+        dead = {n: p.returncode for n, p in self.children.items() if p.poll() is not None}
+        if dead:
+            raise SystemExit(f"components exited: {dead}; logs in {self.work}")
+
+    def stop(self) -> None:
+        for process in self.children.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.children.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        for name in ("postgres", "broker", "s3"):
+            server = self.servers.get(name)
+            if server is not None:
+                server.stop()
+
+
+def start_stack(work: Path, config_file: Path, broker_storage: str) -> Stack:
+    from pydantic import SecretStr
+
+    from hosepipe.config import load_pipeline
+    from hosepipe.localstack.servers import (
+        BrokerS3Storage,
+        free_port,
+        start_broker,
+        start_postgres,
+        start_s3,
+    )
+    from hosepipe.settings import Settings
+    from hosepipe.topics import ensure_topics
+
+    pipeline = load_pipeline(config_file)
+    s3 = start_s3(work / "s3", free_port(), S3_KEY, S3_SECRET, ["lake", "tansu"])
+    stack = Stack(None, pipeline, work, servers={"s3": s3})
+    try:
+        storage = None
+        if broker_storage == "s3":
+            storage = BrokerS3Storage("tansu", s3.endpoint_url, S3_KEY, S3_SECRET)
+        stack.servers["broker"] = broker = start_broker(work / "broker", free_port(), s3=storage)
+        stack.servers["postgres"] = pg = start_postgres(work / "postgres", free_port())
+        stack.settings = Settings(
+            config_file=config_file,
+            data_dir=work / "data",
+            kafka_bootstrap=broker.bootstrap,
+            lake_url="s3://lake/",
+            s3_endpoint_url=s3.endpoint_url,
+            s3_access_key_id=S3_KEY,
+            s3_secret_access_key=SecretStr(S3_SECRET),
+            database_url=pg.url,
+            metrics_port=0,
+            ingest_port=free_port(),
+            api_port=free_port(),
+            embedded_broker_storage=broker_storage,
+        )
+        ensure_topics(stack.settings, pipeline)
+        from confluent_kafka.admin import NewTopic
+
+        from hosepipe.kafka import make_admin
+
+        admin = make_admin(stack.settings)
+        created = admin.create_topics([NewTopic(CEILING_TOPIC, pipeline.topics.partitions, 1)])
+        for future in created.values():
+            future.result(30)
+        stack.run_once("db", "upgrade")
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+# --------------------------------------------------------------------------- phases
+
+
+def phase_throughput(stack: Stack, load: Workload, resources: Resources) -> dict[str, Any]:
+    """Produce the workload; follow each stage until PostgreSQL holds every valid event."""
+    settings, pipeline = stack.settings, stack.pipeline
+    raw_topics = sorted({t for t, _, _ in load.records})
+    conn = pg_connect(stack.servers["postgres"])
+    base = conn.execute("select count(*) from events").fetchone()[0]
+    raw_base = committed_total(settings, pipeline.streams.consumer_group, raw_topics)
+    cpu_before = resources.sample()
+    timeline: list[tuple[float, int, int, int]] = []  # (t, worker offsets, sink offsets, rows)
+    began = time.perf_counter()
+    produce_s = produce_all(settings, load.records)
+    target = base + load.expected
+    deadline, last_change, rows = time.perf_counter() + 900, time.perf_counter(), base
+    while True:
+        stack.check_alive()
+        worker = committed_total(settings, pipeline.streams.consumer_group, raw_topics) - raw_base
+        sink = committed_total(settings, pipeline.sink.consumer_group, [pipeline.topics.canonical])
+        now_rows = conn.execute("select count(*) from events").fetchone()[0]
+        now = time.perf_counter() - began
+        if now_rows != rows:
+            last_change = time.perf_counter()
+        rows = now_rows
+        timeline.append((now, worker, sink, rows - base))
+        if rows >= target:
+            break
+        if time.perf_counter() > deadline or time.perf_counter() - last_change > 180:
+            break
+        time.sleep(0.5)
+    cpu_after = resources.sample()
+    total = time.perf_counter() - began
+    rows_loaded = rows - base
+    distinct = conn.execute("select count(distinct event_id) from events").fetchone()[0]
+    conn.close()
+
+    def reached(column: int) -> float:
+        final = timeline[-1][column]
+        return next(t for t, *values in timeline if values[column - 1] == final)
+
+    def rows_at(share: float) -> float:
+        return next(t for t, _, _, loaded in timeline if loaded >= share * load.expected)
+
+    steady = (rows_at(0.9) - rows_at(0.1)) if rows >= target else float("nan")
+    return {
+        "steady_rate": 0.8 * load.expected / steady if steady > 0 else float("nan"),
+        "records": len(load.records),
+        "expected": load.expected,
+        "duplicates": load.duplicates,
+        "malformed": load.malformed,
+        "late": load.late,
+        "produce_s": produce_s,
+        "worker_s": reached(1),
+        "worker_offsets": timeline[-1][1],
+        "sink_s": reached(2),
+        "total_s": total if rows >= target else float("nan"),
+        "rows": rows_loaded,
+        "distinct_all": distinct,
+        "lost": load.expected - rows_loaded,
+        "cpu": {k: cpu_after.get(k, 0.0) - cpu_before.get(k, 0.0) for k in cpu_after},
+    }
+
+
+def phase_latency(
+    stack: Stack, rate: float, seconds: float, every: int, seed: int
+) -> dict[str, Any]:
+    """Paced clickstream events; event-to-queryable latency of every ``every``-th one."""
+    from hosepipe.kafka import make_producer
+
+    topic = stack.pipeline.raw_topic("clickstream")
+    rng = random.Random(seed)
+    producer = make_producer(stack.settings)
+    sent_at: dict[str, float] = {}
+    visible: dict[str, float] = {}
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def poll_pg() -> None:
+        conn = pg_connect(stack.servers["postgres"])
+        try:
+            while not done.is_set():
+                with lock:
+                    pending = [i for i in sent_at if i not in visible]
+                if pending:
+                    found = conn.execute(
+                        "select event_id from events where event_id = any(%s)", (pending,)
+                    ).fetchall()
+                    seen = time.time()
+                    with lock:
+                        for (event_id,) in found:
+                            visible[event_id] = seen
+                time.sleep(0.1)
+        finally:
+            conn.close()
+
+    canonical_at: dict[str, float] = {}
+
+    def tail_canonical() -> None:
+        """When each sampled event reaches the canonical topic (its key is the event id)."""
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        from hosepipe.kafka import consumer_config
+
+        topic_name = stack.pipeline.topics.canonical
+        reader = Consumer(
+            consumer_config(
+                stack.settings, f"bench-tail-{time.time_ns()}", **{"fetch.wait.max.ms": 20}
+            )
+        )
+        try:
+            meta = reader.list_topics(topic_name, timeout=10).topics[topic_name]
+            since = int(time.time() * 1000)
+            wanted = [TopicPartition(topic_name, p, since) for p in meta.partitions]
+            found = reader.offsets_for_times(wanted, timeout=10)
+            # Tansu answers some offset look-ups wrongly: when it finds nothing, read from
+            # the start; the message timestamps (not the reading time) give the arrival.
+            reader.assign(
+                [
+                    TopicPartition(
+                        topic_name, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                    )
+                    for tp in found
+                ]
+            )
+            while not done.is_set():
+                for message in reader.consume(1000, 0.2):
+                    if message.error() is None:
+                        key = (message.key() or b"").decode()
+                        kind, stamp = message.timestamp()
+                        at = stamp / 1000 if kind else time.time()
+                        with lock:
+                            if key in sent_at and key not in canonical_at:
+                                canonical_at[key] = at
+        finally:
+            reader.close()
+
+    tailer = threading.Thread(target=tail_canonical, daemon=True)
+    tailer.start()
+    poller = threading.Thread(target=poll_pg, daemon=True)
+    poller.start()
+    time.sleep(1.0)  # the tailer is positioned before the first send
+    tick, sent = 0.05, 0
+    began = time.perf_counter()
+    while (elapsed := time.perf_counter() - began) < seconds:
+        due = int(elapsed * rate) - sent
+        for _ in range(due):
+            event_id, value = click(rng)
+            producer.produce(topic, value, event_id.encode())
+            if sent % every == 0:
+                with lock:
+                    sent_at[event_id] = time.time()
+            sent += 1
+        producer.poll(0)
+        time.sleep(tick)
+    producer.flush(60)
+    wait_until(lambda: len(visible) >= len(sent_at), 300, "sampled events in PostgreSQL", 0.5)
+    done.set()
+    poller.join(5)
+    tailer.join(5)
+    latencies = [visible[i] - sent_at[i] for i in sent_at]
+    to_canonical = [canonical_at[i] - sent_at[i] for i in sent_at if i in canonical_at]
+    return {
+        "canonical_samples": len(to_canonical),
+        "canonical_p50": percentile(to_canonical, 0.50) if to_canonical else float("nan"),
+        "canonical_p95": percentile(to_canonical, 0.95) if to_canonical else float("nan"),
+        "sent": sent,
+        "rate": sent / seconds,
+        "samples": len(latencies),
+        "p50": percentile(latencies, 0.50),
+        "p95": percentile(latencies, 0.95),
+        "p99": percentile(latencies, 0.99),
+        "max": max(latencies),
+    }
+
+
+def selector_passes(log: Path) -> tuple[int, int, int, float]:
+    """(passes, files, events rows, seconds) from the selector's "selection run done" lines."""
+    import re
+
+    passes, files, rows, seconds = 0, 0, 0, 0.0
+    pattern = re.compile(
+        r"selection run done.*files=(\d+) rows=\{'events': (\d+).*seconds=([\d.]+)"
+    )
+    for line in log.read_text(errors="replace").splitlines():
+        match = pattern.search(line)
+        if match:
+            passes += 1
+            files += int(match[1])
+            rows += int(match[2])
+            seconds += float(match[3])
+    return passes, files, rows, seconds
+
+
+def warm_up(stack: Stack, seed: int) -> tuple[float, int]:
+    """100 events; seconds until all are queryable (group joins, first flush, first load)."""
+    from hosepipe.kafka import make_producer
+
+    rng = random.Random(seed)
+    ids, producer = [], make_producer(stack.settings)
+    began = time.perf_counter()
+    for _ in range(100):
+        event_id, value = click(rng)
+        ids.append(event_id)
+        producer.produce(stack.pipeline.raw_topic("clickstream"), value, event_id.encode())
+    producer.flush(30)
+    conn = pg_connect(stack.servers["postgres"])
+
+    def loaded() -> bool:
+        stack.check_alive()
+        found = conn.execute(
+            "select count(*) from events where event_id = any(%s)", (ids,)
+        ).fetchone()[0]
+        return bool(found == len(ids))
+
+    wait_until(loaded, 300, "warm-up events in PostgreSQL", 0.5)
+    conn.close()
+    return time.perf_counter() - began, len(ids)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine() -> str:
+    model = "?"
+    with open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores ({model}), "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Python {platform.python_version()}"
+    )
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def report(
+    args: argparse.Namespace,
+    ceilings: tuple[float, float],
+    warm: tuple[float, int],
+    thr: dict[str, Any],
+    lat: dict[str, Any] | None,
+    res: Resources,
+    loads: tuple[str, str],
+) -> None:
+    produce_rate, consume_rate = ceilings
+    n, expected = thr["records"], thr["expected"]
+    print(f"\nmachine: {machine()}")
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(f"load average before / after: {loads[0]} / {loads[1]}")
+    print(
+        f"config: hosepipe.yaml{' with ' + ', '.join(args.set) if args.set else ''}; "
+        f"broker storage: {args.broker_storage}"
+    )
+    print(f"warm-up: {warm[1]} events queryable {warm[0]:.1f} s after start")
+    print(
+        f"\nthroughput: {n:,} raw records ({expected:,} valid unique, {thr['duplicates']:,} "
+        f"duplicates, {thr['malformed']:,} malformed, {thr['late']:,} late)"
+    )
+    rows = [
+        ("broker produce, plain confluent producer (ceiling)", produce_rate, "-"),
+        ("broker consume, plain confluent consumer (ceiling)", consume_rate, "-"),
+        ("raw produce in the run (idempotent acks=all)", n / thr["produce_s"], "-"),
+        ("worker: raw offsets all committed", n / thr["worker_s"], f"{thr['worker_s']:.1f} s"),
+        ("sink: canonical offsets all committed", expected / thr["sink_s"],
+         f"{thr['sink_s']:.1f} s"),
+        ("end to end: first produce -> all in PostgreSQL", expected / thr["total_s"],
+         f"{thr['total_s']:.1f} s"),
+        ("PostgreSQL rows/s between 10 % and 90 % loaded", thr["steady_rate"], "-"),
+    ]  # fmt: skip
+    print(f"| {'stage':<52} | {'events/s':>9} | {'done after':>10} |")
+    print(f"|{'-' * 54}|{'-' * 11}|{'-' * 12}|")
+    for name, rate, after in rows:
+        print(f"| {name:<52} | {rate:>9,.0f} | {after:>10} |")
+    print(
+        f"rows loaded {thr['rows']:,} of {expected:,} expected (lost {thr['lost']:,}); "
+        f"events table count(distinct event_id) = {thr['distinct_all']:,}"
+    )
+    print(
+        "peer (stream stage, not run here): see docs/benchmarks.md '## Streams' and "
+        "LOCAL_SERVICES: quixstreams ~20k/s, plain loop ~85-106k/s"
+    )
+    if lat:
+        print(
+            f"\nlatency: {lat['sent']:,} events at {lat['rate']:,.0f}/s, {lat['samples']:,} "
+            f"sampled: p50 {lat['p50']:.2f} s, p95 {lat['p95']:.2f} s, p99 {lat['p99']:.2f} s, "
+            f"max {lat['max']:.2f} s"
+        )
+        print(
+            f"  of which raw -> canonical topic (worker): p50 {lat['canonical_p50']:.2f} s, "
+            f"p95 {lat['canonical_p95']:.2f} s ({lat['canonical_samples']:,} samples seen)"
+        )
+    print("\n| process | CPU s (throughput phase) | CPU s (whole run) | peak RSS MB |")
+    print("|---|---|---|---|")
+    for name in res.pids:
+        print(
+            f"| {name} | {thr['cpu'].get(name, 0):.1f} | {res.cpu.get(name, 0):.1f} | "
+            f"{res.peak_rss.get(name, 0) / 2**20:.0f} |"
+        )
+    ok_rate = expected / thr["total_s"] >= 20_000 if thr["total_s"] == thr["total_s"] else False
+    print(
+        f"\ntargets: >= 20,000 events/s raw -> PostgreSQL with nothing lost: "
+        f"{'MET' if ok_rate and thr['lost'] == 0 else 'NOT MET'}; "
+        + (
+            f"p95 event-to-queryable < 10 s: {'MET' if lat['p95'] < 10 else 'NOT MET'}"
+            if lat
+            else "latency not measured"
+        )
+    )
+
+
+def override_config(config: Path, work: Path, assignments: list[str]) -> Path:
+    """A copy of ``config`` in ``work`` with ``section.key=value`` assignments applied."""
+    import yaml
+
+    tree = yaml.safe_load(config.read_text())
+    for assignment in assignments:
+        path, _, value = assignment.partition("=")
+        *sections, key = path.split(".")
+        if not sections or not value:
+            raise SystemExit(f"--set {assignment!r}: expected SECTION.KEY=VALUE")
+        node = tree
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[key] = yaml.safe_load(value)
+    derived = work / "hosepipe.yaml"
+    derived.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return derived
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--events", type=int, default=300_000, help="raw records, throughput")
+    parser.add_argument("--rate", type=float, default=2000, help="events/s, latency phase")
+    parser.add_argument("--seconds", type=float, default=30, help="length of the latency phase")
+    parser.add_argument("--sample-every", type=int, default=10, help="latency sample: every k-th")
+    parser.add_argument("--config", type=Path, default=REPO / "hosepipe.yaml")
+    parser.add_argument("--broker-storage", choices=("s3", "memory"), default="s3")
+    parser.add_argument("--sink-max-age", help="override sink.max_age of --config, e.g. 2s")
+    parser.add_argument("--follow-interval", help="override selection.follow_interval, e.g. 1s")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override any key of --config (YAML value), e.g. streams.batch_size=10000",
+    )
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, data)")
+    args = parser.parse_args()
+    args.config = args.config.resolve()
+
+    loads = [load_average(), ""]
+    work = Path(tempfile.mkdtemp(prefix="hosepipe-bench-e2e-"))
+    if args.sink_max_age:
+        args.set.append(f"sink.max_age={args.sink_max_age}")
+    if args.follow_interval:
+        args.set.append(f"selection.follow_interval={args.follow_interval}")
+    if args.set:
+        args.config = override_config(args.config, work, args.set)
+    print(f"work dir {work}; starting S3, broker, PostgreSQL ...", flush=True)
+    stack = start_stack(work, args.config, args.broker_storage)
+    resources = Resources({})
+    sampler = threading.Thread(target=resources.run, daemon=True)
+    try:
+        print(f"generating {args.events:,} demo records ...", flush=True)
+        load = demo_workload(stack.pipeline, args.events, args.seed)
+        ceiling = [(CEILING_TOPIC, k, v) for _, k, v in load.records]
+        produce_rate = len(ceiling) / produce_all(stack.settings, ceiling)
+        consume_rate = len(ceiling) / consume_all(stack.settings, CEILING_TOPIC, len(ceiling))
+        del ceiling
+        print(f"ceilings: produce {produce_rate:,.0f}/s, consume {consume_rate:,.0f}/s", flush=True)
+
+        for name in COMPONENTS:
+            stack.start(name)
+        resources.pids = {
+            **{name: p.pid for name, p in stack.children.items()},
+            **{name: s.server.pid for name, s in stack.servers.items()},
+        }
+        sampler.start()
+        warm = warm_up(stack, args.seed + 1)
+        print(f"warm-up done in {warm[0]:.1f} s; throughput phase ...", flush=True)
+        thr = phase_throughput(stack, load, resources)
+        print(f"throughput phase done in {thr['total_s']:.1f} s; latency phase ...", flush=True)
+        lat = (
+            phase_latency(stack, args.rate, args.seconds, args.sample_every, args.seed + 2)
+            if args.seconds > 0
+            else None
+        )
+        resources.sample()
+        loads[1] = load_average()
+        report(args, (produce_rate, consume_rate), warm, thr, lat, resources, (loads[0], loads[1]))
+        passes, files, rows, busy = selector_passes(work / "select.log")
+        print(
+            f"selector over the whole run: {passes} passes, {files:,} files, {rows:,} events "
+            f"rows, {busy:.1f} s inside passes ({rows / busy if busy else 0:,.0f} rows/s)"
+        )
+    finally:
+        resources.stop.set()
+        stack.stop()
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
