@@ -1,4 +1,4 @@
-"""Stream-stage throughput: the kafka engine beside the plain confluent-kafka loop (ceiling).
+"""Stream-stage throughput: both engines beside the plain loop (ceiling) and quixstreams (peer).
 
     python bench/streams.py --events 200000            # starts its own Tansu broker
     python bench/streams.py --events 1000000 --bootstrap 127.0.0.1:9092
@@ -7,11 +7,17 @@ Each contender reads its own copy of the same raw topic (4 partitions; N clickst
 events of ~250 B, 10 % duplicates, 1 % invalid JSON) in a child process and writes canonical
 events and dead letters. Printed per contender: events/s (first to last record consumed),
 CPU seconds and peak RSS of the child process (``wait4`` rusage).
+
+Contenders: ``plain`` (confluent-kafka loop, hand-written normalize, in-memory set: the
+ceiling), ``kafka`` and ``faust`` (hosepipe's two engines running the same batch core, Avro
+out, RocksDB state), ``quix`` (quixstreams 3.x doing the same normalize + dedupe + DLQ with
+its RocksDB state, JSON out: the peer).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -26,7 +32,7 @@ from typing import Any
 import orjson
 
 PARTITIONS = 4
-CONTENDERS = ("plain", "kafka")
+CONTENDERS = ("plain", "kafka", "faust", "quix")
 
 
 def make_events(n: int, seed: int = 7) -> list[tuple[bytes, bytes]]:
@@ -51,7 +57,7 @@ def make_events(n: int, seed: int = 7) -> list[tuple[bytes, bytes]]:
             "context": {"appVersion": "1.4.2", "page": f"/products/{j % 500}", "ref": "search"},
             "props": {"x": j % 1920, "y": j % 1080, "visible": True},
         }
-        out.append((body["eventId"].encode(), orjson.dumps(body)))
+        out.append((f"evt-{j:09d}".encode(), orjson.dumps(body)))
     return out
 
 
@@ -169,7 +175,109 @@ def child_plain(bootstrap: str, prefix: str, events: int, workdir: Path) -> dict
     return {"seconds": seconds, "out": out, "dup": dup, "dlq": dlq}
 
 
-CHILDREN = {"kafka": child_kafka, "plain": child_plain}
+def child_faust(bootstrap: str, prefix: str, events: int, workdir: Path) -> dict[str, Any]:
+    """The faust engine in this process; a watcher thread stops the worker when done."""
+    import signal
+
+    from hosepipe.config import PipelineConfig
+    from hosepipe.settings import Settings
+    from streams.faust_app import FaustEngine
+
+    pipeline = PipelineConfig.model_validate(pipeline_tree(prefix, f"{prefix}-g"))
+    settings = Settings(_env_file=None, kafka_bootstrap=bootstrap, data_dir=workdir)  # type: ignore[call-arg]
+    engine = FaustEngine(settings, pipeline)
+    times: dict[str, float] = {}
+
+    def watch() -> None:
+        while True:
+            totals = engine.counters.totals.get("clickstream")
+            received = totals.received if totals else 0
+            if received and "first" not in times:
+                times["first"] = time.monotonic()
+            if received >= events:
+                times["last"] = time.monotonic()
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.005)
+
+    threading.Thread(target=watch, daemon=True).start()
+    with contextlib.suppress(SystemExit):
+        engine.run()
+    totals = engine.counters.totals["clickstream"]
+    return {
+        "seconds": times["last"] - times["first"],
+        "out": totals.out,
+        "dup": totals.duplicates,
+        "dlq": totals.dead_lettered,
+    }
+
+
+def child_quix(bootstrap: str, prefix: str, events: int, workdir: Path) -> dict[str, Any]:
+    """The peer: quixstreams normalize → dedupe (RocksDB state keyed by event_id) → DLQ."""
+    from quixstreams import Application
+
+    app = Application(
+        broker_address=bootstrap,
+        consumer_group=f"{prefix}-quix",
+        auto_offset_reset="earliest",
+        state_dir=str(workdir / "state"),
+        processing_guarantee="at-least-once",
+        loglevel="WARNING",
+        consumer_extra_config={"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000},
+        producer_extra_config={"linger.ms": 5},
+    )
+    raw = app.topic(f"{prefix}.raw.clickstream", value_deserializer="bytes", key_deserializer="str")
+    canonical = app.topic(f"{prefix}.canonical", value_serializer="json")
+    dlq = app.topic(f"{prefix}.dlq", value_serializer="bytes")
+    tally = {"received": 0, "out": 0, "dup": 0, "dlq": 0}
+    times: dict[str, float] = {}
+
+    def normalize(value: bytes) -> dict[str, Any]:
+        tally["received"] += 1
+        if tally["received"] == 1:
+            times["first"] = time.monotonic()
+        if tally["received"] >= events:
+            times["last"] = time.monotonic()
+            app.stop()
+        try:
+            raw_event = orjson.loads(value)
+            event_id = raw_event.pop("eventId")
+            return {
+                "event_id": event_id,
+                "source": "clickstream",
+                "event_type": raw_event.pop("type"),
+                "occurred_at": raw_event.pop("ts") * 1000,
+                "subject": raw_event["user"]["id"],
+                "payload": orjson.dumps(raw_event).decode(),
+            }
+        except Exception:
+            tally["dlq"] += 1
+            return {"bad": value}
+
+    def first_time(value: dict[str, Any], state: Any) -> bool:
+        if state.get("seen"):  # state is per message key = event_id
+            tally["dup"] += 1
+            return False
+        state.set("seen", time.time())
+        tally["out"] += 1
+        return True
+
+    sdf = app.dataframe(raw).apply(normalize)
+    bad = sdf[sdf.apply(lambda v: "bad" in v)]
+    bad.apply(lambda v: v["bad"]).to_topic(dlq)
+    good = sdf[sdf.apply(lambda v: "bad" not in v)]
+    good = good.filter(first_time, stateful=True)
+    good.to_topic(canonical)
+    app.run()
+    return {
+        "seconds": times["last"] - times["first"],
+        "out": tally["out"],
+        "dup": tally["dup"],
+        "dlq": tally["dlq"],
+    }
+
+
+CHILDREN = {"kafka": child_kafka, "plain": child_plain, "faust": child_faust, "quix": child_quix}
 
 
 # ---------------------------------------------------------------- parent
@@ -229,7 +337,8 @@ def run_contender(
     _, status, usage = os.wait4(process.pid, 0)
     if status != 0:
         raise RuntimeError(f"{name} child failed with status {status}")
-    result = json.loads(output.decode().strip().splitlines()[-1])
+    last = output.decode().strip().splitlines()[-1]
+    result = json.loads(last[last.index("{") :])  # faust's spinner may leave escapes before it
     result["cpu_s"] = usage.ru_utime + usage.ru_stime
     result["events_per_s"] = events / result["seconds"]
     return result
@@ -268,7 +377,7 @@ def main() -> None:
             print("{:<10} {:>10} {:>7} {:>12} {:>8} {:>7} {:>6}".format(*header))
             for name in args.only:
                 r = run_contender(name, bootstrap, args.events, records, workdir)
-                row = (name, f"{r['events_per_s']:,.0f}", f"{r['cpu_s']:.1f}")
+                row: tuple[Any, ...] = (name, f"{r['events_per_s']:,.0f}", f"{r['cpu_s']:.1f}")
                 row += (f"{r['peak_rss_mb']:.0f}", r["out"], r["dup"], r["dlq"])
                 print("{:<10} {:>10} {:>7} {:>12} {:>8} {:>7} {:>6}".format(*row), flush=True)
         finally:

@@ -58,12 +58,13 @@ def register(app: typer.Typer) -> None:
             metrics = serve_metrics(settings.bind_host, settings.metrics_port)
         try:
             if chosen == "faust":
-                try:
-                    from streams.faust_app import run_faust_worker
-                except ModuleNotFoundError as exc:
-                    raise fail("the faust engine is not built yet; use --engine kafka") from exc
+                from streams.faust_app import FaustEngine
 
-                run_faust_worker(settings, runtime.pipeline)
+                try:
+                    faust_engine = FaustEngine(settings, runtime.pipeline)
+                except ValueError as exc:
+                    raise fail(str(exc)) from exc
+                faust_engine.run()
             else:
                 from streams.kafka_runner import KafkaRunner
 
@@ -167,7 +168,10 @@ def register(app: typer.Typer) -> None:
         if producer is not None and producer.flush(60):
             raise fail("some replayed records were not acknowledged; run replay again")
         verb = "would replay" if dry_run else "replayed"
-        console.print(f"[green]ok:[/] {verb} {sent} record(s); {skipped} without an original topic")
+        console.print(
+            f"[green]ok:[/] {verb} {sent} record(s); "
+            f"{skipped} skipped (no original topic, or value truncated)"
+        )
 
     @app.command("stats")
     def stats(

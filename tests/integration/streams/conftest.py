@@ -1,11 +1,17 @@
 """Fixtures of the stream-stage integration tests: a pipeline on fresh topics, helpers.
 
 Only the broker is needed, so these fixtures depend on ``kafka_bootstrap`` alone (no S3 or
-PostgreSQL is started for them).
+PostgreSQL is started for them). Every test using ``stage`` runs once per engine: the kafka
+engine in a thread of the test process, the faust engine as a ``hosepipe worker --engine
+faust`` child process (a faust worker owns its event loop and signal handlers).
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,6 +27,52 @@ from hosepipe.config import PipelineConfig, parse_pipeline
 from hosepipe.settings import Settings
 
 NOW_MS = 0  # set per test from the clock
+ENGINES = ("kafka", "faust")
+
+
+class WorkerProcess:
+    """A ``hosepipe worker`` child process (the faust engine), with its log file."""
+
+    def __init__(self, command: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.process = subprocess.Popen(command, env=env, stdout=self._log, stderr=self._log)
+        self.errors: list[BaseException] = []
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+
+    def join(self, timeout: float) -> None:
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            self.process.wait(10)
+        self._log.close()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def partitions(self) -> set[tuple[str, int]]:
+        """The raw partitions this worker owns now (from its last "partitions assigned" log)."""
+        owned: set[tuple[str, int]] = set()
+        for line in self.log_text().splitlines():
+            if '"partitions assigned"' not in line:
+                continue
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            owned = set()
+            for name in entry.get("partitions", []):
+                topic, _, rest = name.rpartition("[")
+                owned.add((topic, int(rest.rstrip("]"))))
+        return owned
 
 
 @dataclass
@@ -31,6 +83,7 @@ class Stage:
     pipeline: PipelineConfig
     config_file: Path
     source: str
+    engine: str = "kafka"
     runners: list[Any] = field(default_factory=list)
 
     @property
@@ -71,14 +124,35 @@ class Stage:
 
         return list(read_topic(self.settings, self.dlq))
 
+    def worker_env(self, data_dir: Path) -> dict[str, str]:
+        return {
+            **os.environ,
+            "HOSEPIPE_KAFKA_BOOTSTRAP": self.settings.kafka_bootstrap,
+            "HOSEPIPE_CONFIG_FILE": str(self.config_file),
+            "HOSEPIPE_DATA_DIR": str(data_dir),
+            "HOSEPIPE_METRICS_PORT": "0",
+            "HOSEPIPE_LOG_FORMAT": "json",
+        }
+
+    def worker_command(self) -> list[str]:
+        return [sys.executable, "-m", "hosepipe", "worker", "--engine", self.engine]
+
     def start_runner(self, state_dir: Path | None = None, batch_size: int = 500) -> Any:
-        """Start a kafka-engine runner in a thread; returns it (``.stop()``, ``.thread``)."""
+        """Start a worker of this stage's engine; returns it (for ``stop_runner``)."""
+        state_dir = state_dir or self.settings.data_dir / f"state-{uuid.uuid4().hex[:6]}"
+        if self.engine == "faust":
+            state_dir.mkdir(parents=True, exist_ok=True)
+            worker = WorkerProcess(
+                self.worker_command(), self.worker_env(state_dir), state_dir / "worker.log"
+            )
+            self.runners.append(worker)
+            return worker
         from streams.kafka_runner import KafkaRunner, RunnerOptions
 
         options = RunnerOptions(
             batch_size=batch_size,
             group=self.pipeline.streams.consumer_group,
-            state_dir=state_dir or self.settings.data_dir / f"state-{uuid.uuid4().hex[:6]}",
+            state_dir=state_dir,
             stats_every_s=0.5,
         )
         runner = KafkaRunner(self.settings, self.pipeline, options=options)
@@ -96,7 +170,19 @@ class Stage:
         self.runners.append(runner)
         return runner
 
+    def partitions(self, runner: Any) -> set[tuple[str, int]]:
+        """Raw partitions the worker owns now."""
+        if isinstance(runner, WorkerProcess):
+            return runner.partitions()
+        return set(runner.stores)
+
     def stop_runner(self, runner: Any) -> None:
+        if isinstance(runner, WorkerProcess):
+            runner.stop()
+            runner.join(60)
+            code = runner.process.returncode
+            assert code == 0, f"worker exited with {code}: {runner.log_text()[-3000:]}"
+            return
         runner.stop()
         runner.thread.join(30)
         assert not runner.thread.is_alive(), "worker did not stop within 30 s"
@@ -130,8 +216,14 @@ def pipeline_yaml(source: str, prefix: str, group: str, partitions: int) -> dict
     }
 
 
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """Which engine runs the stage (every stage test runs for both)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def stage(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Stage]:
+def stage(kafka_bootstrap: str, tmp_path: Path, engine: str) -> Iterator[Stage]:
     """A fresh pipeline (own topics and group) with its topics created."""
     from hosepipe.topics import ensure_topics
 
@@ -149,11 +241,15 @@ def stage(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Stage]:
     )
     pipeline = parse_pipeline(config_file.read_text(), str(config_file))
     ensure_topics(settings, pipeline)
-    made = Stage(settings, pipeline, config_file, source)
+    made = Stage(settings, pipeline, config_file, source, engine)
     yield made
     for runner in made.runners:
         runner.stop()
-        runner.thread.join(10)
+    for runner in made.runners:
+        if isinstance(runner, WorkerProcess):
+            runner.join(30)
+        else:
+            runner.thread.join(10)
 
 
 def event(i: int, now_ms: int, **extra: Any) -> tuple[bytes, bytes]:
