@@ -7,7 +7,9 @@ produces N events (4 partitions) spread over 48 event hours, then in the same ru
 2. pyarrow writing the same rows from memory (dicts → Arrow → zstd Parquet per hour → S3);
 3. ``hosepipe sink`` as a child process until every offset is committed: rows/s, MB/s of
    Parquet, peak RSS (sampled with psutil), files per event hour; also the rate between its
-   first and last commit, which leaves out process start-up and the group join.
+   first and last commit, which leaves out process start-up and the group join; and the
+   sink's CPU seconds (all threads, and its main thread), steadier than wall time when the
+   machine is shared.
 
     .venv/bin/python bench/sink.py --events 1000000
 """
@@ -118,12 +120,14 @@ def main() -> None:
         consumer = make_consumer(settings, f"bench-raw-{os.getpid()}")
         consumer.subscribe([topic])
         seen, first = 0, None
+        raw_cpu = time.process_time()
         while seen < args.events:
             batch = consumer.consume(5000, 1.0)
             if batch and first is None:
                 first = time.perf_counter()
             seen += sum(1 for m in batch if m.error() is None)
         raw_s = time.perf_counter() - (first or time.perf_counter())
+        raw_cpu = time.process_time() - raw_cpu
         consumer.close()
 
         # 2. pyarrow from memory: dicts → Arrow → Parquet per hour → S3
@@ -182,6 +186,12 @@ def main() -> None:
             time.sleep(0.2)
         finished = time.perf_counter()
         sink_s = finished - started
+        # CPU seconds are steadier than wall time on a shared machine
+        sink_process = psutil.Process(process.pid)
+        cpu = sink_process.cpu_times()
+        main_thread = next((t for t in sink_process.threads() if t.id == process.pid), None)
+        sink_cpu_s = cpu.user + cpu.system
+        main_cpu_s = main_thread.user_time + main_thread.system_time if main_thread else 0.0
         steady = (args.events - first_committed) / max(1e-9, finished - (first_commit or started))
         watcher.close()
         done.set()
@@ -208,7 +218,10 @@ def main() -> None:
         f"events: {args.events:,} over {args.hours} h, {args.partitions} partitions, "
         f"Avro {avro_bytes / mb:.1f} MB (produced at {args.events / produce_s:,.0f}/s)"
     )
-    print(f"raw consume (ceiling):   {args.events / raw_s:>10,.0f} rows/s")
+    print(
+        f"raw consume (ceiling):   {args.events / raw_s:>10,.0f} rows/s  "
+        f"CPU {raw_cpu / args.events * 1e6:.1f} µs per row (all threads)"
+    )
     print(
         f"pyarrow from memory:     {args.events / pyarrow_s:>10,.0f} rows/s  "
         f"{pyarrow_bytes / mb / pyarrow_s:6.1f} MB/s Parquet"
@@ -220,6 +233,11 @@ def main() -> None:
         f"{sink_s:.1f} s incl. start and group join"
     )
     print(f"  from first to last commit (no start-up): {steady:>10,.0f} rows/s")
+    print(
+        f"  CPU {sink_cpu_s:.1f} s ({sink_cpu_s / args.events * 1e6:.1f} µs per row), "
+        f"main thread {main_cpu_s:.1f} s ({main_cpu_s / args.events * 1e6:.1f} µs per row); "
+        f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
     print(
         f"  peak RSS {peak[0] / mb:.0f} MB, {len(keys)} files in {len(hours)} hour dirs "
         f"({len(keys) / max(1, len(hours)):.1f} files per hour), lake {lake_bytes / mb:.1f} MB"

@@ -9,9 +9,10 @@ instead of duplicating.
 
 All rotation rules live in one method, :meth:`SinkBatch.flush_reason` (Firehose buffering
 hints): rows, bytes (the Avro-encoded size of the values, like Firehose's buffer size), age
-of the oldest record, and the number of open files. The whole batch is flushed at once, then
-its offsets are committed: :meth:`SinkBatch.drain` hands over a :class:`FlushPlan` and starts
-an empty batch.
+of the oldest record, and the number of open files (:meth:`SinkBatch.add_table` repeats the
+three size comparisons inline, because it checks them after every record). The whole batch
+is flushed at once, then its offsets are committed: :meth:`SinkBatch.drain` hands over a
+:class:`FlushPlan` and starts an empty batch.
 
 Records are buffered as Arrow tables (slices of each decoded poll, per open file), not as
 event dicts: compact in memory, and the flush only concatenates and encodes.
@@ -188,6 +189,9 @@ class SinkBatch:
         next_offsets = self._next_offsets
         newest_hours = self._newest_hour
         keys = self.partition_keys
+        hints = self.hints
+        max_rows, max_bytes = hints.max_rows, hints.max_bytes
+        max_files = hints.max_open_partitions
         hours = table.column("occurred_at").cast(pa.int64()).to_pylist()
         key_values = [table.column(k).to_pylist() for k in keys]
         rows_of: dict[tuple[Any, ...], list[int]] = {}
@@ -235,7 +239,10 @@ class SinkBatch:
             added += 1
             if self.opened_at is None:
                 self.opened_at = now
-            if stop_on_rule and self.flush_reason() is not None:
+            # the size rules of flush_reason(), inlined: this runs once per record
+            if stop_on_rule and (
+                self.rows >= max_rows or self.bytes >= max_bytes or len(files) >= max_files
+            ):
                 break
         for slot, rows in rows_of.items():
             open_file = files[slot]

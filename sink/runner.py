@@ -187,25 +187,25 @@ class SinkRunner:
     def _add(self, messages: list[Message], now: float, generation: int) -> None:
         from confluent_kafka import KafkaError
 
-        values: list[bytes] = []
-        good: list[Message] = []
-        for message in messages:
-            error = message.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
+        good = [m for m in messages if m.error() is None]
+        if len(good) < len(messages):
+            for message in messages:
+                error = message.error()
+                if error is None or error.code() == KafkaError._PARTITION_EOF:
                     continue
                 if error.fatal():
                     raise RuntimeError(f"consuming {self.topic}: {error}")
                 log.warning("consumer error", extra={"topic": self.topic, "error": str(error)})
-                continue
-            good.append(message)
-            values.append(message.value() or b"")
+        values = [m.value() or b"" for m in good]
         table, kept = self._decode(good, values)
-        partitions = [good[i].partition() for i in kept]
-        offsets = [good[i].offset() for i in kept]
-        sizes = [len(values[i]) for i in kept]
+        if len(kept) < len(good):
+            good = [good[i] for i in kept]
+            values = [values[i] for i in kept]
+        partitions = [m.partition() for m in good]
+        offsets = [m.offset() for m in good]
+        sizes = [len(v) for v in values]
         start = 0
-        while start < len(kept):
+        while start < len(good):
             if generation != self._generation:
                 return  # revoked meanwhile: the rest belongs to the next owner
             start += self.batch.add_table(

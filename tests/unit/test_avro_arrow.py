@@ -99,3 +99,30 @@ def test_unsupported_schemas_have_no_plan() -> None:
     assert record_plan({"fields": [{"name": "x", "type": "double"}]}) is None
     assert record_plan({"fields": [{"name": "x", "type": ["null", "long"]}]}) is None
     assert record_plan(DECODER.reader_schema) is not None and FAST.available
+
+
+def test_a_length_reaching_into_the_next_message_raises() -> None:
+    good = ENCODER.encode({**base_event(), "payload": "x" * 60})
+    damaged = good[:10] + b"\x7e" + good[11:]  # event_id claims 63 bytes: past its message
+    with pytest.raises(FastPathError):
+        FAST.decode([damaged, good, good])
+
+
+def test_empty_poll_has_the_typed_columns() -> None:
+    table = FAST.decode([])
+    assert table.num_rows == 0
+    assert table.schema.field("occurred_at").type == "int64"
+    assert (
+        table.schema.field("attributes").type
+        == FAST.decode([ENCODER.encode(base_event())]).schema.field("attributes").type
+    )
+
+
+def test_nulls_and_values_of_a_union_keep_their_rows() -> None:
+    rows = [
+        {**base_event(), "event_id": f"e{i}", "subject": None if i % 3 else f"s{i}"}
+        for i in range(50)
+    ]
+    table = FAST.decode(ENCODER.encode_many(rows))
+    assert table.column("subject").to_pylist() == [r["subject"] for r in rows]
+    assert table.column("event_id").to_pylist() == [r["event_id"] for r in rows]
