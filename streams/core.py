@@ -31,7 +31,7 @@ from streams.errors import (
     RecordTooLarge,
     TransformFailed,
 )
-from streams.mapping import Event, Mapper, compile_mapping
+from streams.mapping import Event, Mapper, compile_mapping, loads_exact
 from streams.timestamps import format_micros
 from streams.transform import Transform, load_transform
 
@@ -96,6 +96,40 @@ class DeadLetter:
             reasons.append(("hosepipe.original.timestamp_ms", str(record.timestamp_ms)))
         encoded = [(name, value.encode()) for name, value in reasons]
         return encoded + list(record.headers or [])
+
+
+TRUNCATED_HEADER = "hosepipe.truncated"
+ORIGINAL_BYTES_HEADER = "hosepipe.original.bytes"
+_MESSAGE_OVERHEAD = 4096  # record framing librdkafka counts beyond key, value and headers
+
+
+def fit_dead_letter(
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[tuple[str, bytes]],
+    max_bytes: int,
+) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """A dead letter too large for the producer, cut to fit ``max_bytes``.
+
+    The value keeps its first bytes; ``hosepipe.original.bytes`` records the original size
+    and ``hosepipe.truncated: true`` marks it (replay skips such entries: the record itself
+    is lost to the DLQ, the fact and the reason are not). Original headers are dropped too
+    if they alone do not fit.
+    """
+    original = value or b""
+    marks = [
+        (ORIGINAL_BYTES_HEADER, str(len(original)).encode()),
+        (TRUNCATED_HEADER, b"true"),
+    ]
+    fitted = headers + marks
+
+    def size(items: list[tuple[str, bytes]]) -> int:
+        return sum(len(name) + len(data or b"") + 16 for name, data in items)
+
+    budget = max_bytes - len(key or b"") - _MESSAGE_OVERHEAD
+    if size(fitted) > budget // 2:
+        fitted = [(n, v) for n, v in headers if n.startswith(HEADER_PREFIX)] + marks
+    return original[: max(budget - size(fitted), 0)], fitted
 
 
 @dataclass(slots=True)
@@ -181,10 +215,11 @@ class SourceStage:
         event = self.mapper(raw, ingested_at)
         occurred_at = event["occurred_at"]
         if not now_us - self.past_us <= occurred_at <= now_us + self.future_us:
+            earliest = format_micros(now_us - self.past_us)
+            latest = format_micros(now_us + self.future_us)
             raise ImplausibleTimestamp(
                 f"occurred_at {format_micros(occurred_at)} is outside the plausible range "
-                f"(streams.plausible_past / plausible_future around "
-                f"{format_micros(now_us)})"
+                f"{earliest} .. {latest} (streams.plausible_past / plausible_future)"
             )
         return event
 
@@ -203,7 +238,7 @@ class SourceStage:
 
 def _decode_json(value: bytes) -> Any:
     try:
-        return orjson.loads(value)
+        return loads_exact(value)
     except orjson.JSONDecodeError as exc:
         try:
             value.decode("utf-8")
@@ -324,27 +359,34 @@ class StreamCore:
     ) -> None:
         if not candidates:
             return
-        by_partition: dict[tuple[str, int], list[int]] = {}
+        # One seen_check per input partition, with that partition's ids in batch order.
+        by_partition: dict[tuple[str, int], tuple[list[int], list[str]]] = {}
         for index, (_, output) in enumerate(candidates):
-            key = (output.record.topic, output.record.partition)
-            by_partition.setdefault(key, []).append(index)
+            record = output.record
+            key = (record.topic, record.partition)
+            group = by_partition.get(key)
+            if group is None:
+                group = by_partition[key] = ([], [])
+            group[0].append(index)
+            group[1].append(output.event["event_id"])
         seen = [False] * len(candidates)
-        for (topic, partition), indexes in by_partition.items():
-            ids = [candidates[i][1].event["event_id"] for i in indexes]
-            answers = seen_check(topic, partition, ids)
-            for i, answer in zip(indexes, answers, strict=True):
-                seen[i] = bool(answer)
+        for (topic, partition), (indexes, ids) in by_partition.items():
+            for i, answer in zip(indexes, seen_check(topic, partition, ids), strict=True):
+                if answer:
+                    seen[i] = True
         in_batch: set[tuple[str, str]] = set()
         counts = result.counts
+        outputs = result.outputs
         for index, (source, output) in enumerate(candidates):
             identity = (source, output.event["event_id"])
+            tally = counts[source]
             if seen[index] or identity in in_batch:
-                counts[source].duplicates += 1
+                tally.duplicates += 1
                 result.duplicates += 1
                 continue
             in_batch.add(identity)
-            counts[source].out += 1
-            result.outputs.append(output)
+            tally.out += 1
+            outputs.append(output)
 
 
 def never_seen(topic: str, partition: int, ids: Sequence[str]) -> list[bool]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from streams.core import HEADER_PREFIX
+from streams.core import HEADER_PREFIX, TRUNCATED_HEADER
 
 if TYPE_CHECKING:
     from hosepipe.settings import Settings
@@ -69,7 +69,7 @@ def describe(entry: DlqEntry, preview: int = 200) -> dict[str, Any]:
             entry.reasons.get("hosepipe.original.offset", "?"),
         ),
         "failed_at": entry.reasons.get("hosepipe.failed_at", ""),
-        "bytes": len(value),
+        "bytes": int(entry.reasons.get("hosepipe.original.bytes") or len(value)),
         "value": text if len(text) <= preview else text[:preview] + "…",
     }
 
@@ -85,7 +85,10 @@ def matches(entry: DlqEntry, source: str | None, since: datetime | None) -> bool
 
 
 def replay_target(entry: DlqEntry) -> str | None:
-    """The raw topic the entry came from (None when the headers do not say)."""
+    """The raw topic the entry came from (None when the headers do not say, or when the value
+    was truncated to fit the DLQ: replaying a cut record would only dead-letter it again)."""
+    if entry.reasons.get(TRUNCATED_HEADER) == "true":
+        return None
     return entry.reasons.get("hosepipe.original.topic") or None
 
 

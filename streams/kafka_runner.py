@@ -1,6 +1,6 @@
 """The confluent-kafka engine: a consumer-group member running the batch core.
 
-One loop iteration handles one batch, in the order that makes "never lose, at worst a
+Each batch goes through these steps, in the order that makes "never lose, at worst a
 duplicate" hold (ARCHITECTURE.md, Guarantees):
 
 1. ``consume(batch_size)`` from the raw topics of every configured source;
@@ -11,6 +11,12 @@ duplicate" hold (ARCHITECTURE.md, Guarantees):
 4. remember the delivered ids: RocksDB store of the input partition + one changelog message
    per input partition;
 5. commit the input offsets.
+
+Batches are pipelined one deep: while batch N's messages travel to the broker (3), the
+worker already consumes and processes batch N+1 (1-2); then it awaits N's deliveries and
+does 4-5 for N, and only then produces N+1. Ids produced by N but not yet remembered count
+as seen for N+1 (an in-memory set), so dedupe is as exact as without the overlap. Before
+partitions are revoked, and at a clean stop, the in-flight batch is completed first.
 
 A crash between 3 and 4 lets the batch's events through again on restart (duplicates, never
 loss); a crash between 4 and 5 re-reads the batch and drops it as duplicates.
@@ -35,7 +41,16 @@ from typing import TYPE_CHECKING, Any
 
 from hosepipe.config import PipelineConfig
 from hosepipe.settings import Settings
-from streams.core import BatchResult, DeadLetter, RawRecord, StreamCore, now_micros
+from streams.canonical_avro import fast_writer_for
+from streams.core import (
+    BatchResult,
+    CanonicalOutput,
+    DeadLetter,
+    RawRecord,
+    StreamCore,
+    fit_dead_letter,
+    now_micros,
+)
 from streams.dedupe import (
     PartitionStore,
     changelog_topic,
@@ -52,10 +67,55 @@ log = logging.getLogger(__name__)
 EXPIRE_EVERY_S = 60.0
 STATS_EVERY_S = 2.0
 FLUSH_TIMEOUT_S = 60.0
+INFLIGHT_POLL_TIMEOUT_S = 0.02
+MESSAGE_HEADROOM_BYTES = 1024 * 1024
+
+
+def max_message_bytes(pipeline: PipelineConfig) -> int:
+    """The worker producers' ``message.max.bytes``.
+
+    A record of ``max_record_bytes`` can become a larger canonical event (payload JSON, id,
+    attributes, Avro framing) and its dead letter carries reason headers, so librdkafka's
+    default (1,000,000) would refuse what the sources accept: twice the largest
+    ``max_record_bytes`` plus 1 MiB. Anything still larger is dead-lettered (events) or
+    truncated with its size in a header (dead letters), never a crash.
+    """
+    biggest = max((s.max_record_bytes for s in pipeline.sources.values()), default=1_000_000)
+    return min(max(1_000_000, 2 * biggest + MESSAGE_HEADROOM_BYTES), 1_000_000_000)
+
+
+CHANGELOG_MESSAGE_BYTES = 512 * 1024
+
+
+def _chunks(ids: list[str], max_bytes: int) -> list[list[str]]:
+    """``ids`` split so that each changelog message stays far below any message size limit."""
+    chunks: list[list[str]] = [[]]
+    size = 0
+    for event_id in ids:
+        cost = len(event_id) + 8  # quotes, comma, and room for JSON escapes of short ids
+        if size + cost > max_bytes and chunks[-1]:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(event_id)
+        size += cost
+    return chunks
+
+
+class EventTooLarge(Exception):
+    """Error class name of a canonical event larger than the producer's message.max.bytes."""
 
 
 class DeliveryFailed(RuntimeError):
     """A produced message was not acknowledged; the batch is not committed."""
+
+
+@dataclass
+class InFlight:
+    """A batch whose messages are produced and not yet confirmed, remembered or committed."""
+
+    result: BatchResult
+    records: list[RawRecord]
+    now: int
 
 
 @dataclass
@@ -104,8 +164,12 @@ class KafkaRunner:
         self._changelog_offsets: dict[tuple[str, int], int] = {}
         self._last_expire = time.monotonic()
         self._last_stats = 0.0
+        self._inflight: InFlight | None = None
+        self._pending: dict[tuple[str, int], set[str]] = {}
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
+        self._state_producer: Producer | None = None
+        self.max_message_bytes = max_message_bytes(pipeline)
         self.ready = threading.Event()
 
     # ------------------------------------------------------------------ lifecycle
@@ -129,8 +193,24 @@ class KafkaRunner:
         gc.set_threshold(100_000, 50, 100)
         self._ensure_internal_topics()
         self.encoder = make_encoder(self.settings, self.pipeline.topics.canonical)
+        self._write_events = fast_writer_for(self.encoder)
+        # Canonical events and dead letters: delivery reports only for failures (a Python
+        # callback per delivered message measured ~7 % of the per-event cost); flush()
+        # returning 0 with no failure reported means every message was acknowledged.
         self._producer = make_producer(
-            self.settings, on_delivery=self._on_delivery, **{"linger.ms": 5}
+            self.settings,
+            on_delivery=self._on_delivery,
+            **{
+                "linger.ms": 5,
+                "delivery.report.only.error": True,
+                "message.max.bytes": self.max_message_bytes,
+            },
+        )
+        # Changelog and stats: few messages, full reports (changelog offsets come from them).
+        self._state_producer = make_producer(
+            self.settings,
+            on_delivery=self._on_delivery,
+            **{"linger.ms": 5, "message.max.bytes": self.max_message_bytes},
         )
         consumer = make_consumer(
             self.settings,
@@ -143,7 +223,7 @@ class KafkaRunner:
             self.core.topics,
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
-            on_lost=self._on_revoke,
+            on_lost=self._on_lost,
         )
         log.info(
             "worker started",
@@ -151,17 +231,32 @@ class KafkaRunner:
         )
         try:
             while not self._stop.is_set():
-                messages = consumer.consume(self.options.batch_size, self.options.poll_timeout_s)
+                # With a batch in flight, wait only briefly for more: when the input pauses,
+                # the in-flight batch is completed (and committed) at once.
+                timeout = (
+                    INFLIGHT_POLL_TIMEOUT_S
+                    if self._inflight is not None
+                    else self.options.poll_timeout_s
+                )
+                messages = consumer.consume(self.options.batch_size, timeout)
                 if messages:
                     self._handle(messages)
+                else:
+                    self._complete()
                 self._housekeeping()
+            self._complete()
         finally:
+            # After a failure the in-flight batch is neither remembered nor committed: the
+            # next run redoes it (duplicates at worst, never loss).
+            self._inflight = None
+            self._pending = {}
             self._publish_stats(force=True)
             try:
                 consumer.close()
             finally:
                 self._close_stores(list(self.stores))
                 self._producer.flush(10)
+                self._state_producer.flush(10)
             log.info("worker stopped", extra={"worker": self.worker_id})
 
     # ------------------------------------------------------------------ one batch
@@ -191,62 +286,134 @@ class KafkaRunner:
             return
         now = now_micros()
         result = self.core.process_batch(records, lambda t, p, ids: self._seen(t, p, ids, now), now)
+        self._complete()  # the previous batch: await delivery, remember, commit
         self._emit(result, now)
-        self._remember(result, now)
-        self._commit(records)
-        self.counters.add(result.counts)
-        self._update_lag(records)
+        pending: dict[tuple[str, int], set[str]] = {}
+        for output in result.outputs:
+            record = output.record
+            key = (record.topic, record.partition)
+            ids = pending.get(key)
+            if ids is None:
+                ids = pending[key] = set()
+            ids.add(output.event["event_id"])
+        self._pending = pending
+        self._inflight = InFlight(result, records, now)
+        self._producer.poll(0)  # type: ignore[union-attr]
+
+    def _complete(self, *, commit_sync: bool = False, lost: bool = False) -> None:
+        """Finish the in-flight batch: await every delivery, remember its ids, commit."""
+        batch = self._inflight
+        if batch is None:
+            return
+        self._flush()
+        self._remember(batch.result, batch.now)
+        self._inflight = None
+        self._pending = {}
+        if not lost:
+            self._commit(batch.records, asynchronous=not commit_sync)
+        self.counters.add(batch.result.counts)
+        self._update_lag(batch.records)
         self._publish_stats()
 
     def _seen(self, topic: str, partition: int, ids: Sequence[str], now: int) -> list[bool]:
         store = self.stores.get((topic, partition))
         if store is None:  # assigned without a store: cannot happen after _on_assign
             raise RuntimeError(f"no dedupe state open for {topic}[{partition}]")
-        return store.seen(ids, now)
+        answers = store.seen(ids, now)
+        pending = self._pending.get((topic, partition))
+        if pending:  # produced by the in-flight batch, not yet in the store
+            return [
+                seen or event_id in pending for seen, event_id in zip(answers, ids, strict=True)
+            ]
+        return answers
 
     def _emit(self, result: BatchResult, now: int) -> None:
+        """Produce the batch's canonical events and dead letters (delivery awaited later)."""
+        from confluent_kafka import KafkaError, KafkaException
+
         producer = self._producer
         assert producer is not None
-        canonical = self.pipeline.topics.canonical
-        dead_letters = list(result.dead_letters)
-        events = [o.event for o in result.outputs]
-        values: list[bytes | None]
+        values: list[bytes]
         try:
-            values = list(self.encoder.encode_many(events))
+            values = self._write_events([o.event for o in result.outputs])
         except ValueError:
-            values = self._encode_one_by_one(result, dead_letters, now)
+            values = self._encode_one_by_one(result, now)
+        outputs = result.outputs
+        canonical = self.pipeline.topics.canonical
         produce = producer.produce
-        for output, value in zip(result.outputs, values, strict=True):
-            if value is None:
-                continue
-            event_id = output.event["event_id"]
-            self._produce(produce, canonical, event_id.encode(), value, None)
+        too_large: list[tuple[CanonicalOutput, int]] = []
+        for output, value in zip(outputs, values, strict=True):
+            key = output.event["event_id"].encode()
+            while True:
+                try:
+                    produce(canonical, value, key)
+                    break
+                except BufferError:  # local queue full: let deliveries drain
+                    producer.poll(0.05)
+                except KafkaException as exc:
+                    if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
+                        raise
+                    too_large.append((output, len(value)))
+                    break
+        if too_large:
+            self._dead_letter_too_large(result, too_large, now)
         dlq = self.pipeline.topics.dlq
-        for letter in dead_letters:
-            self._produce(produce, dlq, letter.record.key, letter.record.value, letter.headers())
-        self._flush()
+        for letter in result.dead_letters:
+            record = letter.record
+            headers = letter.headers()
+            try:
+                self._produce(produce, dlq, record.key, record.value, headers)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
+                    raise
+                value, headers = fit_dead_letter(
+                    record.key, record.value, headers, self.max_message_bytes
+                )
+                self._produce(produce, dlq, record.key, value, headers)
 
-    def _encode_one_by_one(
-        self, result: BatchResult, dead_letters: list[DeadLetter], now: int
-    ) -> list[bytes | None]:
-        """Find the events Avro rejects (a mapping bug); dead-letter them, keep the rest."""
+    def _dead_letter_too_large(
+        self, result: BatchResult, too_large: list[tuple[CanonicalOutput, int]], now: int
+    ) -> None:
+        """Events the producer refuses for their size: dead letters instead (never a crash)."""
+        refused = {id(output) for output, _ in too_large}
+        result.outputs = [o for o in result.outputs if id(o) not in refused]
+        for output, size in too_large:
+            source = output.event["source"]
+            result.dead_letters.append(
+                DeadLetter(
+                    output.record,
+                    source,
+                    "encode",
+                    EventTooLarge.__name__,
+                    f"canonical event {output.event['event_id']!r} is {size} bytes, over the "
+                    f"worker producer's message.max.bytes {self.max_message_bytes} "
+                    "(raise the source's max_record_bytes limit carefully or shrink the payload)",
+                    now,
+                )
+            )
+            counts = result.counts[source]
+            counts.out -= 1
+            counts.dead_lettered += 1
+
+    def _encode_one_by_one(self, result: BatchResult, now: int) -> list[bytes]:
+        """Find the events Avro rejects (a mapping bug); dead-letter them, keep the rest.
+
+        The rejected events leave ``result.outputs`` (so their ids are not remembered)."""
         values: list[bytes | None] = []
-        kept = []
         for output in result.outputs:
             try:
                 values.append(self.encoder.encode(output.event))
-                kept.append(output)
             except ValueError as exc:
                 values.append(None)
                 source = output.event.get("source", "")
-                dead_letters.append(
+                result.dead_letters.append(
                     DeadLetter(output.record, source, "encode", type(exc).__name__, str(exc), now)
                 )
                 counts = result.counts[source]
                 counts.out -= 1
                 counts.dead_lettered += 1
-        result.dead_letters = dead_letters
-        return values
+        result.outputs = [o for o, v in zip(result.outputs, values, strict=True) if v is not None]
+        return [v for v in values if v is not None]
 
     def _produce(
         self,
@@ -262,14 +429,18 @@ class KafkaRunner:
                 produce(topic, value, key, partition=partition, headers=headers)
                 return
             except BufferError:  # local queue full: let deliveries drain
-                assert self._producer is not None
+                assert self._producer is not None and self._state_producer is not None
                 self._producer.poll(0.05)
+                self._state_producer.poll(0)
 
     def _flush(self) -> None:
-        assert self._producer is not None
-        remaining = self._producer.flush(FLUSH_TIMEOUT_S)
-        if remaining:
-            raise DeliveryFailed(f"{remaining} message(s) not delivered within {FLUSH_TIMEOUT_S} s")
+        assert self._producer is not None and self._state_producer is not None
+        for producer in (self._producer, self._state_producer):
+            remaining = producer.flush(FLUSH_TIMEOUT_S)
+            if remaining:
+                raise DeliveryFailed(
+                    f"{remaining} message(s) not delivered within {FLUSH_TIMEOUT_S} s"
+                )
         if self._delivery_errors:
             errors, self._delivery_errors = self._delivery_errors, []
             raise DeliveryFailed(f"{len(errors)} message(s) not delivered, first: {errors[0]}")
@@ -296,25 +467,29 @@ class KafkaRunner:
             by_partition.setdefault((record.topic, record.partition), []).append(
                 output.event["event_id"]
             )
-        assert self._producer is not None
+        producer = self._state_producer
+        assert producer is not None
         for (topic, partition), ids in by_partition.items():
             store = self.stores[(topic, partition)]
             changelog = changelog_topic(self.options.group, topic)
             known = self._changelog_offsets.get((changelog, partition))
             store.remember([(i, now) for i in ids], known)
-            self._produce(
-                self._producer.produce,
-                changelog,
-                str(partition).encode(),
-                encode_changelog(ids, now),
-                None,
-                partition,  # the changelog partition mirrors the input partition
-            )
+            for chunk in _chunks(ids, CHANGELOG_MESSAGE_BYTES):
+                self._produce(
+                    producer.produce,
+                    changelog,
+                    str(partition).encode(),
+                    encode_changelog(chunk, now),
+                    None,
+                    partition,  # the changelog partition mirrors the input partition
+                )
         # Changelog messages are delivered with the next batch's flush (or at shutdown): a
         # crash before that can only cost dedupe memory (a later duplicate), never an event.
-        self._producer.poll(0)
+        producer.poll(0)
 
-    def _commit(self, records: Sequence[RawRecord]) -> None:
+    def _commit(self, records: Sequence[RawRecord], *, asynchronous: bool = True) -> None:
+        """Commit the offsets after ``records``; asynchronous in the loop (a lost commit only
+        re-reads a batch that the dedupe state then drops), synchronous before a revoke."""
         from confluent_kafka import TopicPartition
 
         last: dict[tuple[str, int], int] = {}
@@ -325,7 +500,7 @@ class KafkaRunner:
         assert self._consumer is not None
         self._consumer.commit(
             offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()],
-            asynchronous=False,
+            asynchronous=asynchronous,
         )
 
     def _update_lag(self, records: Sequence[RawRecord]) -> None:
@@ -354,19 +529,20 @@ class KafkaRunner:
         self._publish_stats()
 
     def _publish_stats(self, force: bool = False) -> None:
-        if self._producer is None:
+        producer = self._state_producer
+        if producer is None:
             return
         if not force and time.monotonic() - self._last_stats < self.options.stats_every_s:
             return
         self._last_stats = time.monotonic()
         self._produce(
-            self._producer.produce,
+            producer.produce,
             stats_topic(self.options.group),
             self.worker_id.encode(),
             self.counters.snapshot(self.worker_id),
             None,
         )
-        self._producer.poll(0)
+        producer.poll(0)
 
     # ------------------------------------------------------------------ partitions
 
@@ -388,9 +564,20 @@ class KafkaRunner:
         self.ready.set()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._complete(commit_sync=True)  # while the partitions are still ours
+        if self._state_producer is not None:  # the new owner restores from the changelog
+            self._state_producer.flush(FLUSH_TIMEOUT_S)
         keys = [(tp.topic, tp.partition) for tp in partitions]
         self._close_stores(keys)
         log.info("partitions revoked", extra={"partitions": [f"{t}[{p}]" for t, p in keys]})
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Lost partitions can no longer be committed: their in-flight batch is confirmed and
+        # remembered, then redone by the new owner (which drops it as duplicates).
+        self._complete(lost=True)
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        self._close_stores(keys)
+        log.info("partitions lost", extra={"partitions": [f"{t}[{p}]" for t, p in keys]})
 
     def _close_stores(self, keys: list[tuple[str, int]]) -> None:
         for key in keys:

@@ -20,6 +20,7 @@ fields used only in an id hash or in ``attribute_paths`` stay).
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +28,7 @@ import orjson
 
 from hosepipe.config import Constant, FieldPath, HashOf, MappingConfig, PayloadSpec
 from streams.errors import InvalidField, InvalidTimestamp, MissingField
-from streams.paths import MISSING, Getter, Step, compile_path, delete_path, parse_path
+from streams.paths import MISSING, Getter, Step, compile_path, compile_removal, parse_path
 from streams.timestamps import TimestampError, compile_timestamp
 
 Event = dict[str, Any]
@@ -35,6 +36,37 @@ Mapper = Callable[[dict[str, Any], int], Event]
 """``(raw record, ingested_at µs) -> canonical event``; raises a :class:`RecordError`."""
 
 _SORTED = orjson.OPT_SORT_KEYS
+# Every digit becomes "0": a 19-digit run is then one substring test (5x faster than a regex).
+_DIGITS_TO_ZERO = bytes(0x30 if 0x30 <= i <= 0x39 else i for i in range(256))
+_LONG_DIGIT_RUN = b"0" * 19
+
+
+def loads_exact(value: bytes) -> Any:
+    """JSON → Python like ``orjson.loads``, but integers beyond 64 bits stay exact ints.
+
+    orjson reads such integers as floats (``123456789012345678901234567890`` becomes
+    ``1.2345678901234568e+29``), which would lose digits of ids. orjson validates first
+    (and raises ``orjson.JSONDecodeError`` as usual); only text with a run of 19 or more
+    digits is read again with the standard library, which keeps big integers exact.
+    """
+    parsed = orjson.loads(value)
+    if len(value) >= 19 and _LONG_DIGIT_RUN in value.translate(_DIGITS_TO_ZERO):
+        try:
+            return json.loads(value)
+        except RecursionError:
+            raise orjson.JSONDecodeError("nesting too deep for exact integers", "", 0) from None
+    return parsed
+
+
+def json_text(value: Any, *, sort_keys: bool = False) -> str:
+    """``value`` as compact JSON text (orjson; the standard library for integers beyond 64
+    bits, which orjson cannot write). Unknown types are written as ``str(value)``."""
+    try:
+        return orjson.dumps(value, option=_SORTED if sort_keys else None, default=str).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(
+            value, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False, default=str
+        )
 
 
 def scalar_text(value: Any, field: str) -> str:
@@ -43,15 +75,16 @@ def scalar_text(value: Any, field: str) -> str:
         return value
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | float):
+    if isinstance(value, int):
+        return str(value)  # exact for any size (orjson writes only 64-bit integers)
+    if isinstance(value, float):
         return orjson.dumps(value).decode()
     raise InvalidField(f"{field}: expected a string or number, got {type(value).__name__}")
 
 
 def hash_event_id(source: str, values: list[Any]) -> str:
     """The documented deterministic id of ``values`` for ``source`` (see module docstring)."""
-    encoded = orjson.dumps([source, *values], option=_SORTED, default=str)
-    return hashlib.sha256(encoded).hexdigest()
+    return hashlib.sha256(json_text([source, *values], sort_keys=True).encode()).hexdigest()
 
 
 def _string_getter(
@@ -66,6 +99,10 @@ def _string_getter(
 
     def value_of(record: dict[str, Any]) -> str | None:
         value = get(record)
+        if type(value) is str:  # the common case first
+            if value or not required:
+                return value
+            raise MissingField(f"{field}: empty value at {path}")
         if value is MISSING or value is None:
             if default is not None:
                 return default
@@ -102,20 +139,6 @@ def _mapped_steps(mapping: MappingConfig) -> list[tuple[Step, ...]]:
     return [parse_path(spec.path) for spec in specs if getattr(spec, "path", None)]
 
 
-def _copy_along(record: dict[str, Any], steps: tuple[Step, ...]) -> dict[str, Any]:
-    """Copy the dicts on ``steps`` (copy-on-write) so deleting there leaves the input intact."""
-    root = dict(record)
-    node = root
-    for step in steps[:-1]:
-        child = node.get(step) if isinstance(step, str) else None
-        if type(child) is not dict:
-            break
-        child = dict(child)
-        node[step] = child  # type: ignore[index]
-        node = child
-    return root
-
-
 def _payload_getter(
     spec: PayloadSpec, removed: list[tuple[Step, ...]]
 ) -> Callable[[dict[str, Any]], str]:
@@ -127,18 +150,14 @@ def _payload_getter(
             value = get(record)
             if value is MISSING:
                 raise MissingField(f"payload: no value at {path}")
-            return orjson.dumps(value, default=str).decode()
+            return json_text(value)
 
         return subtree
 
-    removed = [steps for steps in removed if steps]
+    without = compile_removal(removed)
 
     def rest(record: dict[str, Any]) -> str:
-        result = record
-        for steps in removed:
-            result = _copy_along(result, steps)
-            delete_path(result, steps)
-        return orjson.dumps(result, default=str).decode()
+        return json_text(without(record))
 
     return rest
 
@@ -174,7 +193,7 @@ def compile_mapping(source: str, mapping: MappingConfig) -> Mapper:
             value = get(record)
             if value is not MISSING and value is not None:
                 if isinstance(value, dict | list):
-                    attributes[name] = orjson.dumps(value, option=_SORTED).decode()
+                    attributes[name] = json_text(value, sort_keys=True)
                 else:
                     attributes[name] = scalar_text(value, f"attribute {name} at {path}")
         return {

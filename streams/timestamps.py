@@ -116,6 +116,18 @@ def compile_timestamp(spec: TimestampField) -> TimestampParser:
     """
     parse = _compile_format(spec)
     zone = resolve_zone(spec.timezone)
+    fmt = spec.format
+    if fmt in _EPOCH_FACTORS and fmt != "epoch_ns":
+        factor = int(_EPOCH_FACTORS[fmt])
+
+        def parse_epoch(value: Any) -> int:
+            if type(value) is int:  # the common case, without the general path's calls
+                return value * factor
+            if isinstance(value, datetime):
+                return datetime_to_micros(value, zone)
+            return parse(value)
+
+        return parse_epoch
 
     def parse_value(value: Any) -> int:
         if isinstance(value, datetime):
@@ -160,5 +172,14 @@ def _compile_format(spec: TimestampField) -> TimestampParser:
 
 
 def format_micros(micros: int) -> str:
-    """µs since the epoch → ``2026-11-22T06:00:00.123456Z`` (for people and DLQ headers)."""
-    return (EPOCH + timedelta(microseconds=micros)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """µs since the epoch → ``2026-11-22T06:00:00.123456Z`` (for people and DLQ headers).
+
+    Values outside the years 1 to 9999 have no calendar date here; they are written as the
+    number with the reason (``1000000000000000000000000000 µs since the epoch (after year
+    9999)``), never an exception: this text goes into error messages.
+    """
+    try:
+        return (EPOCH + timedelta(microseconds=micros)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    except (OverflowError, ValueError):
+        where = "after year 9999" if micros > 0 else "before year 1"
+        return f"{micros} µs since the epoch ({where})"

@@ -117,8 +117,8 @@ def test_postgres(case: Case, database: Database) -> None:
     if case.expect == "verbatim":
         rows = strings_rows(case)
     else:
-        rows = [event(f"bad-{case.name}", **case.value())]
-    load(database, [*rows, good], case.name)
+        rows = [event(**{"event_id": f"bad-{case.name}", **case.value()})]
+    result = load(database, [*rows, good], case.name)
     assert stored(database, good["event_id"]) is not None, "the good event was not loaded"
     if case.expect == "verbatim":
         for row in rows:
@@ -128,16 +128,24 @@ def test_postgres(case: Case, database: Database) -> None:
             assert got.payload == orjson.loads(row["payload"])
             assert got.attributes == row["attributes"]
     else:
+        kind, _, detail = case.expect.partition(" ")
+        assert kind == "rejected"
+        # PostgreSQL text cannot hold a NUL: rejected_rows names such an id with "\u0000".
+        event_id = rows[0]["event_id"].replace("\x00", "\\u0000")
         with database.engine.connect() as conn:
-            reasons = (
-                conn.execute(
-                    text("SELECT reason FROM rejected_rows WHERE event_id = :i"),
-                    {"i": rows[0]["event_id"]},
-                )
-                .scalars()
-                .all()
-            )
-        assert reasons, "the bad event is neither loaded nor in rejected_rows"
+            rejected = conn.execute(
+                text("SELECT rule, reason, file FROM rejected_rows WHERE event_id = :i"),
+                {"i": event_id},
+            ).all()
+            loaded = conn.execute(
+                text("SELECT count(*) FROM events WHERE event_id = :i"), {"i": event_id}
+            ).scalar()
+        assert rejected, "the bad event is neither loaded nor in rejected_rows"
+        assert loaded == 0
+        [(rule, reason, file)] = rejected
+        assert rule == "events" and detail in reason, reason
+        assert file and file.endswith(f"{case.name}.parquet")
+        assert result.rejected == {"events": 1} and result.events == 1
     with database.engine.connect() as conn:
         assert conn.execute(text("SELECT to_regclass('events')")).scalar() is not None
 
