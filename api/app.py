@@ -22,12 +22,15 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
+from strawberry import Schema
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 
 from api.auth import Authenticator, AuthError, Principal
+from api.cached_queries import CachedQueries
+from api.documents import ValidDocuments
 from api.live import LiveHub
-from api.schema import ApiContext, build_schema
+from api.schema import ApiContext, build_schema, mask_errors
 from api.store import Store, json_default, make_engine
 from hosepipe.config import PipelineConfig
 from hosepipe.observability import asgi_routes
@@ -65,8 +68,9 @@ class HosepipeGraphQL(GraphQL[ApiContext, None]):
 
     def __init__(self, state: ApiState, **kwargs: Any) -> None:
         api = state.pipeline.api
+        self.documents = ValidDocuments()
         super().__init__(
-            build_schema(state.pipeline),
+            build_schema(state.pipeline, self.documents),
             graphql_ide="graphiql" if api.graphiql else None,
             allow_queries_via_get=True,
             keep_alive=True,
@@ -89,6 +93,20 @@ class HosepipeGraphQL(GraphQL[ApiContext, None]):
             store=self.state.store,
             pipeline=self.state.pipeline,
             principal=principal or Principal("pending"),
+            live=self.state.live,
+            connection_params=None,
+        )
+
+    def http_context(self, authorization: str | None) -> ApiContext | None:
+        """The context of an HTTP request, None when its credentials fail (for the view's 401)."""
+        try:
+            principal = self.state.auth.authenticate(authorization)
+        except AuthError:
+            return None
+        return ApiContext(
+            store=self.state.store,
+            pipeline=self.state.pipeline,
+            principal=principal,
             live=self.state.live,
             connection_params=None,
         )
@@ -260,9 +278,10 @@ def build_state(settings: Settings, pipeline: PipelineConfig, pool_size: int = 1
 
 def create_app(state: ApiState) -> Starlette:
     """The Starlette app around the GraphQL view."""
-    graphql = GraphQLMetrics(
-        QuerySizeLimit(HosepipeGraphQL(state), state.pipeline.api.max_query_bytes)
-    )
+    view = HosepipeGraphQL(state)
+    assert isinstance(view.schema, Schema)
+    cached = CachedQueries(view, view.schema, view.documents, view.http_context, mask_errors())
+    graphql = GraphQLMetrics(QuerySizeLimit(cached, state.pipeline.api.max_query_bytes))
 
     async def health() -> dict[str, Any]:
         now = await state.store.ping()

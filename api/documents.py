@@ -25,6 +25,10 @@ class ValidDocuments:
         self.size = size
         self._items: OrderedDict[tuple[str, tuple[type, ...]], DocumentNode] = OrderedDict()
         self._lock = Lock()
+        # The rule set every cached document validated under; None until the first put, and
+        # ``validated`` answers nothing once two different rule sets were seen.
+        self._rules: tuple[type, ...] | None = None
+        self._mixed_rules = False
 
     def get(self, key: tuple[str, tuple[type, ...]]) -> DocumentNode | None:
         with self._lock:
@@ -33,8 +37,23 @@ class ValidDocuments:
                 self._items.move_to_end(key)
             return document
 
+    def validated(self, query: str) -> DocumentNode | None:
+        """The document of ``query`` if it validated under this schema's one rule set.
+
+        A schema's extensions add the same rules to every operation, so one rule set is the
+        normal case; should two ever appear, nothing is answered (callers take the slow path).
+        """
+        rules = self._rules
+        if rules is None or self._mixed_rules:
+            return None
+        return self.get((query, rules))
+
     def put(self, key: tuple[str, tuple[type, ...]], document: DocumentNode) -> None:
         with self._lock:
+            if self._rules is None:
+                self._rules = key[1]
+            elif self._rules != key[1]:
+                self._mixed_rules = True
             self._items[key] = document
             self._items.move_to_end(key)
             while len(self._items) > self.size:

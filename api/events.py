@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,9 +22,13 @@ from typing import Any
 
 import orjson
 from sqlalchemy import (
+    BindParameter,
     ColumnElement,
+    Integer,
     Select,
     String,
+    any_,
+    bindparam,
     cast,
     false,
     func,
@@ -285,6 +290,115 @@ def page_statement(
     else:
         stmt = stmt.order_by(time_col.asc(), events.c.event_id.asc())
     return stmt.limit(first + 1)
+
+
+PageShape = tuple[Any, ...]
+"""What a page statement's SQL depends on: which conditions are present, order, cursor."""
+
+
+def page_query(
+    criteria: EventCriteria, order: EventOrder, first: int, after: EventKey | None
+) -> tuple[Select[Any], dict[str, Any]]:
+    """:func:`page_statement` as a statement shared by every page of the same shape + values.
+
+    Every value is a named bound parameter, so the statement depends only on which conditions
+    are present; it is built once per shape and SQLAlchemy compiles it once (building and
+    cache-keying a fresh statement per request cost ~0.3 ms).
+    """
+    c = criteria
+    params: dict[str, Any] = {"limit": first + 1}
+    if c.event_ids is not None:
+        params["event_ids"] = list(c.event_ids)
+    for name, values in (("source", c.sources), ("event_type", c.event_types)):
+        if len(values) == 1:
+            params[name] = values[0]
+        elif values:
+            params[name] = list(values)
+    for name in ("subject", "occurred_gte", "occurred_lt", "ingested_gte", "ingested_lt"):
+        if getattr(c, name) is not None:
+            params[name] = getattr(c, name)
+    if c.payload_contains is not None:
+        params["payload"] = orjson.dumps(c.payload_contains).decode()
+    for i, (keys, expected) in enumerate(c.payload_equals):
+        params[f"path_{i}"] = list(keys)
+        params[f"value_{i}"] = orjson.dumps(expected).decode()
+    if c.attributes_contains:
+        params["attributes"] = orjson.dumps(c.attributes_contains).decode()
+    if after is not None:
+        params["after_at"] = from_micros(after.at_us)
+        params["after_id"] = after.event_id
+    shape = (
+        None if c.event_ids is None else bool(c.event_ids),
+        min(len(c.sources), 2),
+        min(len(c.event_types), 2),
+        c.subject is not None,
+        c.occurred_gte is not None,
+        c.occurred_lt is not None,
+        c.ingested_gte is not None,
+        c.ingested_lt is not None,
+        c.payload_contains is not None,
+        len(c.payload_equals),
+        bool(c.attributes_contains),
+        order,
+        after is not None,
+    )
+    return _page_template(shape), params
+
+
+@functools.lru_cache(maxsize=256)
+def _page_template(shape: PageShape) -> Select[Any]:
+    (ids, sources, types, subject, occ_gte, occ_lt, ing_gte, ing_lt) = shape[:8]
+    (payload, n_paths, attributes, order, after) = shape[8:]
+    c = events.c
+    clauses: list[ColumnElement[bool]] = []
+    if ids is not None:
+        clauses.append(c.event_id == any_(_text_array("event_ids")) if ids else false())
+    for column, count in ((c.source, sources), (c.event_type, types)):
+        if count == 1:
+            clauses.append(column == bindparam(column.name))
+        elif count:
+            # = ANY($n) instead of IN (...): one SQL text whatever the number of values.
+            clauses.append(column == any_(_text_array(column.name)))
+    if subject:
+        clauses.append(c.subject == bindparam("subject"))
+    for present, column, op, name in (
+        (occ_gte, c.occurred_at, ">=", "occurred_gte"),
+        (occ_lt, c.occurred_at, "<", "occurred_lt"),
+        (ing_gte, c.ingested_at, ">=", "ingested_gte"),
+        (ing_lt, c.ingested_at, "<", "ingested_lt"),
+    ):
+        if present:
+            bound = bindparam(name, type_=column.type)
+            clauses.append(column >= bound if op == ">=" else column < bound)
+    if payload:
+        clauses.append(c.payload.op("@>")(cast(_text_param("payload"), JSONB)))
+    for i in range(n_paths):
+        path = bindparam(f"path_{i}", type_=ARRAY(String))
+        value = cast(_text_param(f"value_{i}"), JSONB)
+        clauses.append(c.payload.op("#>", return_type=JSONB)(path).op("=")(value))
+    if attributes:
+        clauses.append(c.attributes.op("@>")(cast(_text_param("attributes"), JSONB)))
+    time_col = order.column
+    stmt = select(*EVENT_COLUMNS).where(*clauses)
+    if after:
+        position = tuple_(time_col, c.event_id)
+        key = tuple_(
+            bindparam("after_at", type_=time_col.type), bindparam("after_id", type_=String)
+        )
+        stmt = stmt.where(position < key if order.descending else position > key)
+    if order.descending:
+        stmt = stmt.order_by(time_col.desc(), c.event_id.desc())
+    else:
+        stmt = stmt.order_by(time_col.asc(), c.event_id.asc())
+    return stmt.limit(bindparam("limit", type_=Integer))
+
+
+def _text_param(name: str) -> BindParameter[str]:
+    return bindparam(name, type_=String)
+
+
+def _text_array(name: str) -> BindParameter[Any]:
+    return bindparam(name, type_=ARRAY(String))  # type: ignore[arg-type]
 
 
 def counts_statement(group_by: Sequence[GroupBy], criteria: EventCriteria) -> Select[Any]:

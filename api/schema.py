@@ -376,8 +376,20 @@ def _mask(error: GraphQLError) -> bool:
     return original is not None and not isinstance(original, ApiError | AuthError | GraphQLError)
 
 
-def build_schema(pipeline: PipelineConfig) -> strawberry.Schema:
-    """The schema for ``pipeline``: fixed event queries plus one query per rule table."""
+def mask_errors() -> MaskErrors:
+    """Hides unexpected errors (database, bugs) from clients; ours keep their message."""
+    return MaskErrors(
+        should_mask_error=_mask, error_message="internal error (logged on the server)"
+    )
+
+
+def build_schema(
+    pipeline: PipelineConfig, documents: ValidDocuments | None = None
+) -> strawberry.Schema:
+    """The schema for ``pipeline``: fixed event queries plus one query per rule table.
+
+    ``documents`` caches the validated operations (a new cache when not given).
+    """
     from api.rule_tables import rule_query_fields, scalar_map
 
     api = pipeline.api
@@ -387,15 +399,13 @@ def build_schema(pipeline: PipelineConfig) -> strawberry.Schema:
         cost_rule(api.max_cost, api.max_first),
         MaxIntrospectionDepthRule,  # graphql-js's cap on cyclic introspection lists
     ]
-    documents = ValidDocuments()
+    documents = documents if documents is not None else ValidDocuments()
     extensions: list[Any] = [
         # The parser stops after this many tokens (comments included): bounds parse CPU.
         lambda: MaxTokensLimiter(api.max_query_tokens),
         lambda: AddValidationRules(rules),
         lambda: DocumentCache(documents),
-        lambda: MaskErrors(
-            should_mask_error=_mask, error_message="internal error (logged on the server)"
-        ),
+        mask_errors,
     ]
     if not api.introspection:
         from strawberry.extensions import DisableIntrospection

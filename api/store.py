@@ -11,10 +11,11 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
+import asyncpg
 import orjson
-from sqlalchemy import URL, Select, func, make_url, select, text
+from sqlalchemy import URL, Select, event, func, make_url, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -25,6 +26,7 @@ from api.events import (
     GroupBy,
     counts_statement,
     event_types_statement,
+    page_query,
     page_statement,
     sources_statement,
     where_clauses,
@@ -72,6 +74,41 @@ def json_default(value: Any) -> Any:
     raise TypeError(f"cannot serialize {type(value).__name__} to JSON")
 
 
+class EventRow(NamedTuple):
+    """One row of ``events`` as :meth:`Store.page` returns it (attributes like Event's)."""
+
+    event_id: str
+    source: str
+    event_type: str
+    occurred_at: datetime
+    ingested_at: datetime
+    subject: str | None
+    payload: Any
+    attributes: Any
+
+
+@dataclass(frozen=True)
+class PreparedSql:
+    """A statement compiled once: its SQL text and how to order and convert its parameters."""
+
+    sql: str
+    params: tuple[tuple[str, Callable[[Any], Any] | None], ...]
+
+    def arguments(self, values: dict[str, Any]) -> list[Any]:
+        return [
+            values[name] if process is None else process(values[name])
+            for name, process in self.params
+        ]
+
+
+class DeadConnection(Exception):
+    """A raw driver call failed because its pooled connection was dead."""
+
+
+DRIVER_DISCONNECTS = (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError)
+COMPILED_LIMIT = 512
+
+
 @dataclass(frozen=True)
 class Count:
     """A row count and whether it is exact or the planner's estimate."""
@@ -89,7 +126,7 @@ def make_engine(settings: Settings, pool_size: int = 10) -> AsyncEngine:
     waits for a free connection instead of paying a connect per request.
     """
     url, server_settings = asyncpg_url(settings.database_url)
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=0,
@@ -101,6 +138,21 @@ def make_engine(settings: Settings, pool_size: int = 10) -> AsyncEngine:
         json_deserializer=RawJson,
         json_serializer=lambda v: orjson.dumps(v, default=json_default).decode(),
         connect_args={"server_settings": server_settings} if server_settings else {},
+    )
+    event.listen(engine.sync_engine, "connect", _jsonb_as_text)
+    return engine
+
+
+def _jsonb_as_text(dbapi_connection: Any, _record: Any) -> None:
+    """Replace SQLAlchemy's binary jsonb codec with a text one that yields :class:`RawJson`.
+
+    Same wire content (binary jsonb is a version byte + the text), but asyncpg hands over a
+    str: no Python wrapper slicing and decoding bytes for each value (~10 % of a page).
+    """
+    dbapi_connection.run_async(
+        lambda conn: conn.set_type_codec(
+            "jsonb", encoder=str, decoder=RawJson, schema="pg_catalog", format="text"
+        )
     )
 
 
@@ -143,6 +195,8 @@ class Store:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        # Statement (kept alive here, so identity is a safe key) -> its compiled SQL.
+        self._compiled: dict[Select[Any], PreparedSql] = {}
 
     async def read(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """``work`` on a pooled connection, once more on a fresh one after a disconnect."""
@@ -153,19 +207,58 @@ class Store:
             if not is_disconnect(exc):
                 raise
             log.warning("database connection was lost (%s); retrying the read once", exc.orig)
+        except DeadConnection as exc:
+            log.warning("database connection was lost (%s); retrying the read once", exc)
+            await self.engine.dispose()  # the others are likely dead too (a server restart)
         async with self.engine.connect() as conn:
             return await work(conn)
 
-    async def rows(self, stmt: Select[Any]) -> Sequence[Any]:
+    def prepared(self, stmt: Select[Any], conn: AsyncConnection) -> PreparedSql:
+        """``stmt`` compiled for the connection's dialect, once per statement object."""
+        found = self._compiled.get(stmt)
+        if found is None:
+            compiled = stmt.compile(dialect=conn.dialect)
+            processors: dict[str, Any] = dict(compiled._bind_processors)
+            names = compiled.positiontup or ()
+            found = PreparedSql(str(compiled), tuple((n, processors.get(n)) for n in names))
+            if len(self._compiled) >= COMPILED_LIMIT:
+                self._compiled.clear()
+            self._compiled[stmt] = found
+        return found
+
+    async def fetch_raw(
+        self, conn: AsyncConnection, stmt: Select[Any], values: dict[str, Any]
+    ) -> list[Any]:
+        """Rows of ``stmt`` straight from asyncpg (no SQLAlchemy execution or result layer).
+
+        The SQL text is fixed per statement, so asyncpg's per-connection cache reuses the
+        server-side prepared statement; every value is a bound parameter.
+        """
+        prepared = self.prepared(stmt, conn)
+        raw = await conn.get_raw_connection()
+        driver = raw.driver_connection
+        assert driver is not None
+        try:
+            return await driver.fetch(prepared.sql, *prepared.arguments(values))
+        except DRIVER_DISCONNECTS as exc:
+            await conn.invalidate(exc)
+            raise DeadConnection(f"{type(exc).__name__}: {exc}") from exc
+
+    async def rows(self, stmt: Select[Any], params: dict[str, Any] | None = None) -> Sequence[Any]:
         async def run(conn: AsyncConnection) -> Sequence[Any]:
-            return (await conn.execute(stmt)).all()
+            return (await conn.execute(stmt, params)).all()
 
         return await self.read(run)
 
     async def page(
         self, criteria: EventCriteria, order: EventOrder, first: int, after: EventKey | None
     ) -> Sequence[Any]:
-        return await self.rows(page_statement(criteria, order, first, after))
+        stmt, values = page_query(criteria, order, first, after)
+
+        async def run(conn: AsyncConnection) -> list[EventRow]:
+            return [EventRow(*record) for record in await self.fetch_raw(conn, stmt, values)]
+
+        return await self.read(run)
 
     async def count(self, criteria: EventCriteria, exact_limit: int) -> Count:
         """Matching events: exact up to ``exact_limit``, beyond it the planner's estimate."""

@@ -19,15 +19,24 @@ from typing import Any
 import orjson
 import pytest
 import strawberry
-from graphql import ASTValidationRule
+from graphql import ASTValidationRule, parse
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy.dialects import postgresql
 from strawberry.extensions import AddValidationRules
 from strawberry.extensions.query_depth_limiter import create_validator
 from strawberry.scalars import JSON
 
 from api.documents import DocumentCache, ValidDocuments
-from api.events import EventOrder, encode_cursor, row_cursors, row_key
+from api.events import (
+    EventCriteria,
+    EventKey,
+    EventOrder,
+    encode_cursor,
+    page_query,
+    row_cursors,
+    row_key,
+)
 from api.execution import LeafObjectsExecutionContext
 from api.store import RawJson, asyncpg_url, json_default
 
@@ -204,3 +213,46 @@ def test_raw_json_is_embedded_verbatim() -> None:
     assert raw.value() == {"a": [1, 2.5, None]}
     with pytest.raises(TypeError):
         orjson.dumps({"x": object()}, default=json_default)
+
+
+def test_validated_answers_only_under_one_rule_set() -> None:
+    documents = ValidDocuments()
+    document = parse("{ page { label } }")
+    assert documents.validated("{ page { label } }") is None
+    documents.put(("{ page { label } }", (int,)), document)
+    assert documents.validated("{ page { label } }") is document
+    assert documents.validated("{ other }") is None
+    documents.put(("{ other }", (str,)), document)  # a second rule set: trust neither
+    assert documents.validated("{ page { label } }") is None
+
+
+def test_page_query_is_shared_per_shape_and_binds_every_value() -> None:
+    evil = "x'; DROP TABLE events; --"
+    criteria = EventCriteria(
+        sources=(evil, "b"),
+        event_types=(evil,),
+        subject=evil,
+        occurred_gte=datetime(2026, 1, 1, tzinfo=UTC),
+        payload_contains={"k": evil},
+        payload_equals=((("a", evil), evil),),
+        attributes_contains={"k": evil},
+    )
+    after = EventKey(EventOrder.OCCURRED_AT_DESC, 0, evil)
+    stmt, params = page_query(criteria, EventOrder.OCCURRED_AT_DESC, 10, after)
+    sql = str(stmt.compile(dialect=postgresql.dialect()))  # type: ignore[no-untyped-call]
+    assert "DROP TABLE" not in sql and "2026" not in sql
+    assert params["limit"] == 11 and params["source"] == [evil, "b"]
+    assert params["event_type"] == evil and params["after_id"] == evil
+    other = EventCriteria(
+        sources=("c", "d", "e"),
+        event_types=("t",),
+        subject="s",
+        occurred_gte=datetime(2025, 1, 1, tzinfo=UTC),
+        payload_contains=[1],
+        payload_equals=((("z",), 1),),
+        attributes_contains={"a": "b"},
+    )
+    same, _ = page_query(other, EventOrder.OCCURRED_AT_DESC, 3, after)
+    assert same is stmt  # built once per shape
+    assert page_query(other, EventOrder.OCCURRED_AT_ASC, 3, None)[0] is not stmt
+    assert page_query(EventCriteria(), EventOrder.OCCURRED_AT_DESC, 3, None)[0] is not stmt
