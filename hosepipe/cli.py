@@ -166,15 +166,24 @@ def up(
 
 
 @app.command("status")
-def status() -> None:
+def status(
+    env: Annotated[
+        bool,
+        typer.Option(
+            "--env",
+            help="Print export lines that point other commands at the running stack "
+            '(eval "$(hosepipe status --env)").',
+        ),
+    ] = False,
+) -> None:
     """Show what the embedded stack under the data directory runs."""
-    from hosepipe.localstack.supervisor import print_status
+    from hosepipe.localstack.supervisor import print_client_env, print_status
 
     try:
         settings = load_settings()
     except StartupError as exc:
         raise fail(str(exc)) from exc
-    raise typer.Exit(print_status(settings))
+    raise typer.Exit(print_client_env(settings) if env else print_status(settings))
 
 
 @app.command("demo")

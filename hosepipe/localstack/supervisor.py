@@ -325,6 +325,47 @@ def stack_status(settings: Settings) -> list[ComponentStatus]:
     return rows
 
 
+# What a client on this machine needs to reach the embedded stack (no ports or paths of
+# the supervisor itself, no log settings).
+CLIENT_SETTINGS = (
+    "kafka_bootstrap",
+    "schema_registry_url",
+    "lake_url",
+    "s3_endpoint_url",
+    "s3_access_key_id",
+    "s3_secret_access_key",
+    "s3_region",
+    "database_url",
+    "ingest_port",
+    "api_port",
+    "config_file",
+)
+
+
+def client_env(settings: Settings) -> dict[str, str]:
+    """``HOSEPIPE_*`` variables that point a CLI command at the running embedded stack."""
+    env = settings_env(settings)
+    return {
+        key: value
+        for key, value in env.items()
+        if key.removeprefix("HOSEPIPE_").lower() in CLIENT_SETTINGS
+    }
+
+
+def print_client_env(settings: Settings) -> int:
+    """Print ``export HOSEPIPE_...=...`` lines for the running stack; 1 when none runs."""
+    import shlex
+
+    state = read_state(settings.data_dir.resolve())
+    rows = stack_status(settings)
+    if not state or not rows or not rows[0].alive:
+        print(f"# no embedded stack is running from {settings.data_dir.resolve()}")
+        return 1
+    for key, value in state.get("client_env", {}).items():
+        print(f"export {key}={shlex.quote(value)}")
+    return 0
+
+
 def print_status(settings: Settings) -> int:
     """Print :func:`stack_status` as a table; 0 when the stack runs, 1 otherwise."""
     from rich.console import Console
@@ -701,6 +742,7 @@ def run_stack(
                     "postgres": plan.postgres_port,
                 },
                 "endpoints": rows,
+                "client_env": client_env(child_settings),
                 "processes": records,
             },
         )

@@ -157,3 +157,14 @@ def test_a_recycled_pid_is_not_signalled(tmp_path: Path) -> None:
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_client_env_points_commands_at_the_stack_only(tmp_path: Path) -> None:
+    settings = _settings(data_dir=tmp_path)
+    plan = supervisor.plan_stack(settings)
+    child = supervisor.component_settings(settings, plan, tmp_path / "hosepipe.yaml")
+    env = supervisor.client_env(child)
+    assert env["HOSEPIPE_LAKE_URL"] == "s3://lake/"
+    assert env["HOSEPIPE_S3_ENDPOINT_URL"] == plan.s3_endpoint
+    assert env["HOSEPIPE_KAFKA_BOOTSTRAP"] == plan.kafka_bootstrap
+    assert "HOSEPIPE_DATA_DIR" not in env and "HOSEPIPE_METRICS_PORT" not in env
