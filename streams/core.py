@@ -389,6 +389,31 @@ class StreamCore:
             outputs.append(output)
 
 
+def encode_one_by_one(
+    result: BatchResult, encode: Callable[[Event], bytes], now: int
+) -> list[bytes]:
+    """Encode each output; events Avro rejects (a mapping bug) become dead letters.
+
+    Used when encoding the whole batch failed. The rejected events leave ``result.outputs``
+    (so their ids are not remembered as seen) and the counts move from out to dead-lettered.
+    """
+    values: list[bytes | None] = []
+    for output in result.outputs:
+        try:
+            values.append(encode(output.event))
+        except ValueError as exc:
+            values.append(None)
+            source = output.event.get("source", "")
+            result.dead_letters.append(
+                DeadLetter(output.record, source, "encode", type(exc).__name__, str(exc), now)
+            )
+            counts = result.counts[source]
+            counts.out -= 1
+            counts.dead_lettered += 1
+    result.outputs = [o for o, v in zip(result.outputs, values, strict=True) if v is not None]
+    return [v for v in values if v is not None]
+
+
 def never_seen(topic: str, partition: int, ids: Sequence[str]) -> list[bool]:
     """A :data:`SeenCheck` with no memory (every id is new)."""
     return [False] * len(ids)

@@ -59,7 +59,7 @@ from faust.stores.rocksdb import Store as RocksDBStore
 
 from hosepipe.config import PipelineConfig
 from hosepipe.settings import Settings
-from streams.core import BatchResult, DeadLetter, RawRecord, StreamCore, now_micros
+from streams.core import BatchResult, RawRecord, StreamCore, encode_one_by_one, now_micros
 from streams.dedupe import decode_changelog, decode_time, encode_changelog, encode_time
 from streams.metrics import StageCounters, instance_id, stats_topic
 
@@ -387,21 +387,19 @@ class FaustEngine:
         producer = self._producer
         assert producer is not None
         deliveries = _Deliveries()
-        dead_letters = list(result.dead_letters)
         events = [o.event for o in result.outputs]
-        values: list[bytes | None]
+        values: list[bytes]
         try:
             values = list(self.encoder.encode_many(events))
         except ValueError:
-            values = self._encode_one_by_one(result, dead_letters, now)
+            values = encode_one_by_one(result, self.encoder.encode, now)
         canonical = self.pipeline.topics.canonical
         messages: list[tuple[str, bytes | None, bytes | None, Any]] = [
             (canonical, o.event["event_id"].encode(), v, None)
             for o, v in zip(result.outputs, values, strict=True)
-            if v is not None
         ]
         dlq = self.pipeline.topics.dlq
-        messages += [(dlq, d.record.key, d.record.value, d.headers()) for d in dead_letters]
+        messages += [(dlq, d.record.key, d.record.value, d.headers()) for d in result.dead_letters]
         while messages:
             deliveries = _Deliveries()
             for topic, key, value, headers in messages:
@@ -437,26 +435,6 @@ class FaustEngine:
                 return
             except BufferError:  # local queue full: let deliveries drain
                 producer.poll(0.05)
-
-    def _encode_one_by_one(
-        self, result: BatchResult, dead_letters: list[DeadLetter], now: int
-    ) -> list[bytes | None]:
-        """Find the events Avro rejects (a mapping bug); dead-letter them, keep the rest."""
-        values: list[bytes | None] = []
-        for output in result.outputs:
-            try:
-                values.append(self.encoder.encode(output.event))
-            except ValueError as exc:
-                values.append(None)
-                source = output.event.get("source", "")
-                dead_letters.append(
-                    DeadLetter(output.record, source, "encode", type(exc).__name__, str(exc), now)
-                )
-                counts = result.counts[source]
-                counts.out -= 1
-                counts.dead_lettered += 1
-        result.dead_letters = dead_letters
-        return values
 
     def _remember(self, table: Any, result: BatchResult, now: int) -> None:
         """Store the delivered ids under their raw partition; one changelog message each."""

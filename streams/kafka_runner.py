@@ -48,6 +48,7 @@ from streams.core import (
     DeadLetter,
     RawRecord,
     StreamCore,
+    encode_one_by_one,
     fit_dead_letter,
     now_micros,
 )
@@ -337,7 +338,7 @@ class KafkaRunner:
         try:
             values = self._write_events([o.event for o in result.outputs])
         except ValueError:
-            values = self._encode_one_by_one(result, now)
+            values = encode_one_by_one(result, self.encoder.encode, now)
         outputs = result.outputs
         canonical = self.pipeline.topics.canonical
         produce = producer.produce
@@ -394,26 +395,6 @@ class KafkaRunner:
             counts = result.counts[source]
             counts.out -= 1
             counts.dead_lettered += 1
-
-    def _encode_one_by_one(self, result: BatchResult, now: int) -> list[bytes]:
-        """Find the events Avro rejects (a mapping bug); dead-letter them, keep the rest.
-
-        The rejected events leave ``result.outputs`` (so their ids are not remembered)."""
-        values: list[bytes | None] = []
-        for output in result.outputs:
-            try:
-                values.append(self.encoder.encode(output.event))
-            except ValueError as exc:
-                values.append(None)
-                source = output.event.get("source", "")
-                result.dead_letters.append(
-                    DeadLetter(output.record, source, "encode", type(exc).__name__, str(exc), now)
-                )
-                counts = result.counts[source]
-                counts.out -= 1
-                counts.dead_lettered += 1
-        result.outputs = [o for o, v in zip(result.outputs, values, strict=True) if v is not None]
-        return [v for v in values if v is not None]
 
     def _produce(
         self,

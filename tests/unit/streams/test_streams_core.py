@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hosepipe.config import PipelineConfig
-from streams.core import RawRecord, StreamCore, never_seen
+from streams.core import RawRecord, StreamCore, encode_one_by_one, never_seen
 
 NOW = 1795327200_000000  # 2026-11-22T06:00:00Z
 
@@ -183,3 +183,22 @@ def test_conservation_for_any_input(batch: list[bytes | None], known: set[int]) 
     ids = [o.event["event_id"] for o in result.outputs]
     assert len(ids) == len(set(ids))
     assert not {f"e{k}" for k in known} & set(ids)
+
+
+def test_events_avro_rejects_become_dead_letters_and_are_not_remembered() -> None:
+    core = StreamCore.from_pipeline(pipeline())
+    result = core.process_batch(records([good(1), good(2), good(3)]), never_seen, NOW)
+
+    def encode(event: dict[str, Any]) -> bytes:
+        if event["event_id"] == "e2":
+            raise ValueError("e2 does not fit the schema")
+        return event["event_id"].encode()
+
+    values = encode_one_by_one(result, encode, NOW)
+    assert values == [b"e1", b"e3"]
+    assert [o.event["event_id"] for o in result.outputs] == ["e1", "e3"]
+    (letter,) = result.dead_letters
+    assert (letter.stage, letter.error_class) == ("encode", "ValueError")
+    counts = result.counts["clicks"]
+    assert (counts.out, counts.dead_lettered) == (2, 1)
+    assert counts.balanced
