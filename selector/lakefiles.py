@@ -20,21 +20,11 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from hosepipe.lake import PARQUET_SUFFIX, dataset_schema, hive_partitioning, open_lake_filesystem
+from selector.load import EVENT_COLUMNS
 from selector.plan import LakeFile, partition_overlaps
 
 if TYPE_CHECKING:
     from hosepipe.settings import Settings
-
-COLUMNS = (
-    "event_id",
-    "source",
-    "event_type",
-    "occurred_at",
-    "ingested_at",
-    "subject",
-    "payload",
-    "attributes",
-)
 
 
 @dataclass(frozen=True)
@@ -89,7 +79,7 @@ class Lake:
                 schema=schema,
             )
             table = dataset.to_table(
-                columns=list(COLUMNS), filter=row_filter, batch_size=batch_rows
+                columns=list(EVENT_COLUMNS), filter=row_filter, batch_size=batch_rows
             )
             yield path, table
 
