@@ -23,7 +23,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from connectors.cursors import DEFAULT_TOPIC, CursorStore
+from connectors.cursors import CursorStore
 from connectors.delivery import DeliveryProducer
 from connectors.pull.emitter import Emitter
 from connectors.pull.files import FileLocations, FileRef, load_file, local_path
@@ -82,7 +82,7 @@ async def bulk_load(
     files: Iterable[str],
     *,
     file_format: str = "auto",
-    cursor_topic: str = DEFAULT_TOPIC,
+    cursor_topic: str | None = None,
     batch_size: int = 5000,
     show_progress: bool = True,
 ) -> BulkSummary:
@@ -96,7 +96,9 @@ async def bulk_load(
     producer = DeliveryProducer.from_settings(settings, "hosepipe-bulk-load")
     summary = BulkSummary(source)
     try:
-        cursors = await asyncio.to_thread(CursorStore.open, settings, producer, cursor_topic)
+        cursors = await asyncio.to_thread(
+            CursorStore.open, settings, producer, cursor_topic or pipeline.topics.cursors
+        )
         emitter = Emitter(producer, pipeline.raw_topic(source), source, config.key_path, "bulk")
         progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -157,7 +159,7 @@ def run_bulk_load(
     files: Iterable[str],
     *,
     file_format: str = "auto",
-    cursor_topic: str = DEFAULT_TOPIC,
+    cursor_topic: str | None = None,
 ) -> BulkSummary:
     """Blocking entry point of ``hosepipe bulk-load``."""
     if file_format not in ("auto", "jsonl", "csv"):

@@ -24,8 +24,6 @@ from hosepipe.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOPIC = "hosepipe.cursors"
-
 
 class CursorError(Exception):
     """The cursor topic cannot be created, read or written; the message says which."""

@@ -21,9 +21,11 @@ from connectors.records import RawRecord
 from hosepipe import kafka
 from hosepipe.settings import Settings
 
-# On top of hosepipe.kafka's durable defaults (idempotent, acks=all): a deep local queue
-# for bursts, and room for a 1,000 KiB record plus headers (Firehose's per-record limit).
+# On top of hosepipe.kafka's durable defaults (idempotent, acks=all): a short linger, since
+# every HTTP response waits for its records' delivery; a deep local queue for bursts, and
+# room for a 1,000 KiB record plus headers (Firehose's per-record limit).
 DELIVERY_TUNING: dict[str, Any] = {
+    "linger.ms": 5,
     "batch.num.messages": 10_000,
     "queue.buffering.max.messages": 200_000,
     "queue.buffering.max.kbytes": 262_144,

@@ -88,6 +88,11 @@ class TopicsConfig(Strict):
     raw_prefix: str = Field("raw.", description="Raw topic of a source = prefix + source name.")
     canonical: str = Field("events.canonical", description="Topic of canonical Avro events.")
     dlq: str = Field("events.dlq", description="Dead-letter topic.")
+    cursors: str = Field(
+        "hosepipe.cursors",
+        description="Compacted single-partition topic where pollers and bulk-load keep their "
+        "cursors (created on first use).",
+    )
     partitions: int = Field(4, ge=1, le=10_000, description="Partitions of each created topic.")
     replication_factor: int = Field(1, ge=1, le=16, description="Replication factor.")
     configs: dict[str, str] = Field(

@@ -3,8 +3,13 @@
 Defaults are chosen for hosepipe's guarantees and for both Apache Kafka and Tansu (the
 embedded broker):
 
-- producer: idempotent, ``acks=all`` (nothing acknowledged is lost), ``linger.ms=5`` and
-  lz4 compression (throughput; see docs/schemas.md for the codec measurements on Tansu);
+- producer: idempotent, ``acks=all`` (nothing acknowledged is lost), lz4 compression
+  (throughput; see docs/schemas.md for the codec measurements on Tansu) and
+  ``linger.ms=100``: on the embedded broker every produce request becomes S3 writes (one
+  object per partition batch), and a producer trickling events with ``linger.ms=5`` kept
+  SeaweedFS busy for 62 % of a core at 2,000 events/s against 26 % with 100 ms (see
+  docs/benchmarks.md, "Broker on S3"). Paths that wait on each delivery (HTTP ingest) or
+  flush explicitly (the stream worker) set their own;
 - consumer: ``enable.auto.commit=false`` (components commit after their output is durable),
   ``auto.offset.reset=earliest``, ``session.timeout.ms=6000`` and
   ``heartbeat.interval.ms=1000`` (Tansu lets a member join only after about half the session
@@ -28,7 +33,7 @@ if TYPE_CHECKING:
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "enable.idempotence": True,
     "acks": "all",
-    "linger.ms": 5,
+    "linger.ms": 100,
     "compression.type": "lz4",
 }
 CONSUMER_DEFAULTS: dict[str, Any] = {

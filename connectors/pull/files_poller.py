@@ -41,6 +41,8 @@ class FilesPoller:
         self.locations = locations
         self.batch_size = batch_size
         self.last_complete = time.time()
+        self.sweeps = 0
+        self.last_error: str | None = None
 
     def cursor_key(self, url: str) -> str:
         return f"files/{self.source}/{url}"
@@ -79,10 +81,12 @@ class FilesPoller:
             try:
                 await self.sweep()
                 self.last_complete = time.time()
+                self.sweeps, self.last_error = self.sweeps + 1, None
             except Exception as exc:
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 POLL_ERRORS.labels(self.source, type(exc).__name__).inc()
+                self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("file poll failed", extra={"source": self.source})
             try:
                 await pause(stop, self.spec.interval.total_seconds())

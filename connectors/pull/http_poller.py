@@ -161,6 +161,8 @@ class HttpPoller:
         self.cursors = cursors
         self.key = f"http/{source}"
         self.last_complete = time.time()
+        self.sweeps = 0
+        self.last_error: str | None = None
 
     async def _get(self, client: httpx.AsyncClient, request: Request, stop: asyncio.Event) -> Any:
         attempt = 0
@@ -182,6 +184,7 @@ class HttpPoller:
                 reason, headers = f"HTTP {response.status_code}", response.headers
                 POLL_ERRORS.labels(self.source, f"http_{response.status_code}").inc()
             delay = retry_delay(headers, attempt, self.spec.max_backoff.total_seconds())
+            self.last_error = f"GET {request.url}: {reason}, retrying (attempt {attempt + 1})"
             log.warning(
                 "poll request failed, retrying",
                 extra={"source": self.source, "url": request.url, "reason": reason, "delay": delay},
@@ -226,8 +229,10 @@ class HttpPoller:
                 try:
                     count = await self.sweep(client, stop)
                     self.last_complete = time.time()
+                    self.sweeps, self.last_error = self.sweeps + 1, None
                     log.info("poll sweep complete", extra={"source": self.source, "records": count})
                 except PollFailed as exc:
+                    self.last_error = str(exc)
                     log.error("poll failed", extra={"source": self.source, "reason": str(exc)})
                 except Stopped:
                     return

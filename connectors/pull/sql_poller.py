@@ -88,6 +88,8 @@ class SqlPoller:
         self.engine = sa.create_engine(spec.url, pool_pre_ping=True)
         self.table: sa.Table | None = None
         self.last_complete = time.time()
+        self.sweeps = 0
+        self.last_error: str | None = None
 
     def _reflect(self) -> sa.Table:
         if self.table is None:
@@ -146,10 +148,12 @@ class SqlPoller:
                 try:
                     count = await self.sweep(stop)
                     self.last_complete = time.time()
+                    self.sweeps, self.last_error = self.sweeps + 1, None
                     if count:
                         log.info("rows polled", extra={"source": self.source, "records": count})
                 except sa.exc.SQLAlchemyError as exc:
                     POLL_ERRORS.labels(self.source, type(exc).__name__).inc()
+                    self.last_error = f"{type(exc).__name__}: {exc}"
                     log.error("sql poll failed", extra={"source": self.source, "reason": str(exc)})
                 try:
                     await pause(stop, self.spec.interval.total_seconds())

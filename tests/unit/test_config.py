@@ -52,6 +52,7 @@ def test_minimal_pipeline_gets_defaults_and_shorthands() -> None:
     assert pipeline.streams.dedupe_window == timedelta(hours=24)
     assert pipeline.sink.max_open_partitions == 500
     assert pipeline.topics.canonical == "events.canonical"
+    assert pipeline.topics.cursors == "hosepipe.cursors"
 
 
 def test_hash_id_spec() -> None:

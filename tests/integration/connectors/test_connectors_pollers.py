@@ -12,12 +12,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+import httpx
 import orjson
 import pytest
 import sqlalchemy as sa
 
-from connectors.pull.runner import poll_sources
+from connectors.pull.runner import PollHealth, poll_sources
 from hosepipe.config import PipelineConfig
+from hosepipe.observability import serve_metrics
 from hosepipe.settings import Settings
 from hosepipe.topics import ensure_topics
 
@@ -87,12 +89,15 @@ def fake_api() -> Iterator[tuple[FakeApi, str]]:
 
 
 class Running:
-    """poll_sources in the test's loop, stopped on exit."""
+    """poll_sources in the test's loop, stopped on exit; cursors in ``topics.cursors``."""
 
     def __init__(self, settings: Settings, pipeline: PipelineConfig, cursor_topic: str) -> None:
         self.stop = asyncio.Event()
+        self.health = PollHealth()
+        topics = pipeline.topics.model_copy(update={"cursors": cursor_topic})
+        configured = pipeline.model_copy(update={"topics": topics})
         self.task = asyncio.create_task(
-            poll_sources(settings, pipeline, self.stop, cursor_topic=cursor_topic)
+            poll_sources(settings, configured, self.stop, health=self.health)
         )
 
     async def close(self) -> None:
@@ -147,8 +152,18 @@ async def test_http_poller_pages_backs_off_and_goes_incremental(
         with api.lock:
             api.items += [{"id": f"i{n}", "updated_at": n} for n in range(26, 31)]
         both = await count_until(kit, settings, topic, 30)
+        server = serve_metrics("127.0.0.1", 0, running.health)
+        try:
+            async with httpx.AsyncClient() as client:
+                reply = await client.get(f"http://127.0.0.1:{server.port}/healthz")
+        finally:
+            server.stop()
+        assert reply.status_code == 200
+        feed = reply.json()["pollers"]["feed"]
+        assert feed["state"] == "ok" and feed["sweeps"] >= 1 and feed["last_error"] is None
     finally:
         await running.close()
+    assert running.health()["ok"] is False  # the loop ended: 503 from now on
     assert sorted(m.key().decode() for m in both) == sorted(f"i{n}" for n in range(1, 31))
     later = [q for _, s, q in api.log[4:] if s == 200]
     assert later[0]["updated_since"] == "25"  # only what changed since the first sweep

@@ -6,7 +6,10 @@ import datetime
 import decimal
 import gzip
 import io
+from datetime import timedelta
 from email.utils import format_datetime
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -22,6 +25,7 @@ from connectors.pull.http_poller import (
     records_of,
     retry_delay,
 )
+from connectors.pull.runner import PollHealth, poller_status
 from connectors.pull.sql_poller import decode_cursor, encode_cursor, trim_batch
 from hosepipe.config import HttpPull
 
@@ -117,3 +121,41 @@ def test_formats() -> None:
     assert list(iter_records(compressed, "x.ndjson")) == [{"a": 1}, {"a": 2}]
     with pytest.raises(FormatError, match="line 2"):
         list(iter_records(io.BytesIO(b'{"a": 1}\n{oops\n'), "x.jsonl"))
+
+
+def _poller(sweeps: int, since_good: float, error: str | None, interval: float = 10.0) -> Any:
+    spec = SimpleNamespace(interval=timedelta(seconds=interval), type="http")
+    return SimpleNamespace(
+        source="feed",
+        spec=spec,
+        sweeps=sweeps,
+        last_complete=1000.0 - since_good,
+        last_error=error,
+    )
+
+
+@pytest.mark.parametrize(
+    ("sweeps", "since_good", "error", "state"),
+    [
+        (0, 1.0, None, "starting"),
+        (3, 5.0, None, "ok"),
+        (3, 5.0, "HTTP 503 from the API", "failing"),
+        (3, 3 * 10 + 61.0, None, "stale"),
+        (0, 3 * 10 + 61.0, None, "stale"),  # a first sweep that never finishes
+    ],
+)
+def test_poller_status_states(
+    sweeps: int, since_good: float, error: str | None, state: str
+) -> None:
+    status = poller_status(_poller(sweeps, since_good, error), now=1000.0)
+    assert status["state"] == state
+    assert status["last_error"] == error
+
+
+def test_poll_health_is_503_only_when_the_loop_is_not_running() -> None:
+    health = PollHealth(pollers=[_poller(3, 5.0, "HTTP 503 from the API")])
+    assert health()["ok"] is False  # not started yet
+    health.running = True
+    report = health()
+    assert report["ok"] is True and report["degraded"] is True
+    assert report["pollers"]["feed"]["state"] == "failing"
