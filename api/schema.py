@@ -18,6 +18,7 @@ from strawberry.dataloader import DataLoader
 from strawberry.extensions import AddValidationRules, MaskErrors, MaxTokensLimiter
 from strawberry.scalars import JSON
 from strawberry.schema.config import StrawberryConfig
+from strawberry.schema.name_converter import NameConverter
 
 from api import events as ev
 from api.auth import AuthError, Principal
@@ -371,6 +372,25 @@ class Subscription:
 # --------------------------------------------------------------------------- assembly
 
 
+class CachedNameConverter(NameConverter):
+    """strawberry's GraphQL names, each converted once.
+
+    strawberry converts the Python name of every argument and input field to camelCase again
+    on every request (for each field of an input type, present or not); the conversion depends
+    on the name only.
+    """
+
+    def __init__(self, auto_camel_case: bool = True) -> None:
+        super().__init__(auto_camel_case)
+        self._names: dict[str, str] = {}
+
+    def apply_naming_config(self, name: str) -> str:
+        converted = self._names.get(name)
+        if converted is None:
+            converted = self._names[name] = super().apply_naming_config(name)
+        return converted
+
+
 def _mask(error: GraphQLError) -> bool:
     original = error.original_error
     return original is not None and not isinstance(original, ApiError | AuthError | GraphQLError)
@@ -420,7 +440,9 @@ def build_schema(
         subscription=Subscription,
         extensions=extensions,
         execution_context_class=LeafObjectsExecutionContext,
-        config=StrawberryConfig(auto_camel_case=True, scalar_map=scalar_map()),
+        config=StrawberryConfig(
+            auto_camel_case=True, name_converter=CachedNameConverter(), scalar_map=scalar_map()
+        ),
     )
 
 

@@ -193,7 +193,14 @@ async def drive(
                 i += 1
 
         # Warm-up, then measure.
-        await asyncio.gather(*(client.post(url, content=orjson.dumps(b)) for b in bodies[:4]))
+        await asyncio.gather(
+            *(
+                client.post(
+                    url, content=orjson.dumps(b), headers={"content-type": "application/json"}
+                )
+                for b in bodies[:4]
+            )
+        )
         started = time.perf_counter()
         await asyncio.gather(*(worker(n) for n in range(concurrency)))
         wall = time.perf_counter() - started
