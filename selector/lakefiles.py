@@ -2,29 +2,40 @@
 
 Layout, schema and filesystem come from :mod:`hosepipe.lake` (shared with the sink).
 Listing is one recursive listing (S3: ListObjectsV2 pages of 1,000 keys), pruned by
-partition path before anything is read; reading goes through a pyarrow dataset over the
-chosen files with the lake's Hive partitioning, so filters on ``occurred_at``, ``source``
-and ``event_type`` push down to Parquet row-group statistics and partition values.
+partition path before anything is read.
+
+Reading costs one GET per file: the sink's files are small (the late events of a flush
+spread over dozens of hour partitions, a few hundred rows each), so a file's fixed cost
+(requests, Parquet open) matters more than its rows. Each file is fetched whole
+(``open_input_stream``, no HEAD or ranged reads) and decoded from memory; a pool of threads
+does that for the files ahead of the one the caller is at (both release the GIL), bounded by
+bytes and files, so the lake is read while the previous group is written to PostgreSQL.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Generator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
-from hosepipe.lake import PARQUET_SUFFIX, dataset_schema, hive_partitioning, open_lake_filesystem
+from hosepipe.lake import PARQUET_SUFFIX, dataset_schema, open_lake_filesystem
 from selector.load import EVENT_COLUMNS
 from selector.plan import LakeFile, partition_overlaps
 
 if TYPE_CHECKING:
     from hosepipe.settings import Settings
+
+READ_THREADS = 4
+READ_AHEAD_BYTES = 4 * 1024 * 1024  # Parquet bytes fetched ahead of the caller
+READ_AHEAD_FILES = 256
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,11 @@ class Lake:
     filesystem: pafs.FileSystem
     base: str
     keys: tuple[str, ...] = ()
+    schema: pa.Schema = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        full = dataset_schema(self.keys)
+        object.__setattr__(self, "schema", pa.schema([full.field(n) for n in EVENT_COLUMNS]))
 
     @classmethod
     def open(cls, settings: Settings, keys: Sequence[str] = ()) -> Lake:
@@ -61,27 +77,75 @@ class Lake:
                 files.append(file)
         return files
 
+    def read_file(self, path: str, row_filter: pc.Expression | None = None) -> pa.Table:
+        """One file's events (one GET), conformed to the event columns, ``row_filter`` applied."""
+        with self.filesystem.open_input_stream(f"{self.base}/{path}", compression=None) as stream:
+            data = stream.read_buffer()
+        return self.decode(data, row_filter)
+
+    def decode(self, data: pa.Buffer | bytes, row_filter: pc.Expression | None = None) -> pa.Table:
+        """A Parquet file in memory as a table of the event columns (types as the lake's).
+
+        A column missing from an older file reads as nulls, another type is cast (as a
+        dataset with the lake's schema would).
+        """
+        parquet = pq.ParquetFile(pa.BufferReader(data))
+        present = set(parquet.schema_arrow.names)
+        table = parquet.read(columns=[n for n in EVENT_COLUMNS if n in present], use_threads=False)
+        if table.schema != self.schema:
+            table = pa.Table.from_arrays(
+                [
+                    table[f.name].cast(f.type)
+                    if f.name in present
+                    else pa.nulls(table.num_rows, f.type)
+                    for f in self.schema
+                ],
+                schema=self.schema,
+            )
+        if row_filter is not None:
+            table = table.filter(row_filter)
+        return table
+
     def read(
         self,
-        paths: Sequence[str],
+        files: Sequence[LakeFile | str],
         row_filter: pc.Expression | None = None,
-        batch_rows: int = 65_536,
-    ) -> Iterator[tuple[str, pa.Table]]:
-        """``(path, table)`` per file, in the given order, with ``row_filter`` pushed down."""
-        schema = dataset_schema(self.keys)
-        for path in paths:
-            dataset = ds.dataset(
-                [f"{self.base}/{path}"],
-                filesystem=self.filesystem,
-                format="parquet",
-                partitioning=hive_partitioning(self.keys),
-                partition_base_dir=self.base,
-                schema=schema,
-            )
-            table = dataset.to_table(
-                columns=list(EVENT_COLUMNS), filter=row_filter, batch_size=batch_rows
-            )
-            yield path, table
+        threads: int = READ_THREADS,
+        ahead_bytes: int = READ_AHEAD_BYTES,
+    ) -> Generator[tuple[str, pa.Table], None, None]:
+        """``(path, table)`` per file, in the given order, ``row_filter`` applied.
+
+        Files ahead of the caller are fetched and decoded by ``threads`` threads, up to
+        ``ahead_bytes`` (listed sizes) or :data:`READ_AHEAD_FILES` files not yet handed out,
+        at least one. Closing the iterator early cancels what is not started.
+        """
+        items = [(f.path, f.size) if isinstance(f, LakeFile) else (f, 0) for f in files]
+        if not items:
+            return
+        pool = ThreadPoolExecutor(max(1, min(threads, len(items))), thread_name_prefix="lake")
+        pending: deque[tuple[str, int, Future[pa.Table]]] = deque()
+        ahead = 0
+        position = 0
+        try:
+            while position < len(items) or pending:
+                while position < len(items) and (
+                    not pending
+                    or (
+                        len(pending) < READ_AHEAD_FILES
+                        and ahead + items[position][1] <= ahead_bytes
+                    )
+                ):
+                    path, size = items[position]
+                    position += 1
+                    pending.append((path, size, pool.submit(self.read_file, path, row_filter)))
+                    ahead += size
+                path, size, future = pending.popleft()
+                ahead -= size
+                yield path, future.result()
+        finally:
+            for _, _, future in pending:
+                future.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _etag(entry: pafs.FileInfo) -> str | None:

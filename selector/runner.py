@@ -1,7 +1,8 @@
 """``hosepipe select``: one run, or follow the lake every ``selection.follow_interval``.
 
 A run lists the lake, asks :mod:`selector.plan` which files are new for this shard, reads
-them a file at a time and hands groups of about ``selection.batch_rows`` rows to the
+them (threads fetch the files ahead while the current group is written) and hands groups of
+about ``selection.batch_rows`` rows, however many files that takes, to the
 :class:`~selector.load.Loader`, each group one transaction with its checkpoint. With a
 ``--from/--to`` range it reloads every file of the overlapping partitions (rows filtered
 to the range) without touching the checkpoint.
@@ -13,7 +14,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -29,10 +30,11 @@ from rich.progress import (
     TextColumn,
     TimeRemainingColumn,
 )
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from hosepipe.config import PipelineConfig
 from hosepipe.db import check_schema_version
+from selector.failures import FailureLog
 from selector.lakefiles import Lake
 from selector.load import Loader, LoadResult, Method
 from selector.metrics import SelectorMetrics
@@ -77,7 +79,7 @@ class RunSummary:
 
 
 def time_filter(start: datetime | None, end: datetime | None) -> pc.Expression | None:
-    """Row filter ``start <= occurred_at < end`` (pushed down to row-group statistics)."""
+    """Row filter ``start <= occurred_at < end`` (applied to each file as it is decoded)."""
     expression: pc.Expression | None = None
     if start is not None:
         expression = ds.field("occurred_at") >= pa.scalar(start, pa.timestamp("us", "UTC"))
@@ -131,11 +133,14 @@ class Selector:
         row_filter = time_filter(self.options.start, self.options.end)
         batch_rows = self.pipeline.selection.batch_rows
         show = self.options.progress and len(files) >= PROGRESS_MIN_FILES
-        with _progress(self.console, show) as progress:
+        with (
+            _progress(self.console, show) as progress,
+            contextlib.closing(self.lake.read(files, row_filter)) as tables,
+        ):
             task = progress.add_task("loading lake files", total=len(files))
             group: list[tuple[LakeFile, pa.Table]] = []
             rows = 0
-            for path, table in self.lake.read([f.path for f in files], row_filter):
+            for path, table in tables:
                 group.append((by_path[path], table))
                 rows += table.num_rows
                 if rows >= batch_rows:
@@ -175,33 +180,93 @@ class Selector:
             for rule, count in result.rejected.items():
                 self.metrics.rows_rejected.labels(rule).inc(count)
 
-    def follow(self, stop: threading.Event, on_error: Callable[[Exception], None]) -> None:
-        """Run every ``selection.follow_interval`` until ``stop``; errors are reported, retried.
+    def follow(
+        self, stop: threading.Event, on_error: Callable[[Exception], None] | None = None
+    ) -> None:
+        """Run every ``selection.follow_interval`` until ``stop``; failed runs are retried.
 
         Holds a session advisory lock per shard, so a second follower of the same shard waits
-        instead of loading the same files twice.
+        instead of loading the same files twice; when PostgreSQL drops the lock's session
+        (a restart), the follower takes the lock again before its next run. Failures are
+        logged one line per change of state (:mod:`selector.failures`); ``on_error`` is
+        called for every failed run.
         """
         interval = self.pipeline.selection.follow_interval.total_seconds()
+        failures = FailureLog()
+        while not stop.is_set():
+            try:
+                with self._shard_lock(stop, interval) as lock_conn:
+                    if lock_conn is None:
+                        return
+                    self._follow_locked(stop, interval, lock_conn, failures, on_error)
+                    return
+            except _LockLost:
+                continue
+            except Exception as exc:  # PostgreSQL down while taking the lock
+                self._failed(exc, failures, on_error)
+                stop.wait(interval)
+
+    def _follow_locked(
+        self,
+        stop: threading.Event,
+        interval: float,
+        lock_conn: Connection,
+        failures: FailureLog,
+        on_error: Callable[[Exception], None] | None,
+    ) -> None:
+        while not stop.is_set():
+            if not _alive(lock_conn):  # one round trip per pass: is the lock still ours?
+                raise _LockLost
+            try:
+                self.run_once(stop)
+                self.last_error = None
+                report = failures.succeeded(time.monotonic())
+                if report is not None:
+                    log.info(report.message, extra={"shard": str(self.options.shard)})
+            except Exception as exc:
+                self._failed(exc, failures, on_error)
+            stop.wait(interval)
+
+    def _failed(
+        self,
+        exc: Exception,
+        failures: FailureLog,
+        on_error: Callable[[Exception], None] | None,
+    ) -> None:
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        report = failures.failed(exc, time.monotonic())
+        if report is not None:
+            log.log(
+                logging.WARNING if report.warning else logging.INFO,
+                report.message,
+                extra={"shard": str(self.options.shard)},
+                exc_info=exc if report.traceback else None,
+            )
+        if on_error is not None:
+            on_error(exc)
+
+    @contextlib.contextmanager
+    def _shard_lock(self, stop: threading.Event, interval: float) -> Iterator[Connection | None]:
+        """A connection holding this shard's advisory lock (None when ``stop`` came first)."""
         # One follower per shard and schema (advisory locks are per database; tests and
         # tenants may share one database in several schemas).
         lock = text("SELECT pg_try_advisory_lock(hashtext(current_schema() || ':select:' || :s))")
         unlock = text("SELECT pg_advisory_unlock(hashtext(current_schema() || ':select:' || :s))")
         shard = str(self.options.shard)
         with self.engine.connect() as lock_conn:
+            waiting = False
             while not lock_conn.execute(lock, {"s": shard}).scalar_one():
-                log.info("another selector holds this shard; waiting", extra={"shard": shard})
+                if not waiting:
+                    log.info("another selector holds this shard; waiting", extra={"shard": shard})
+                    waiting = True
                 if stop.wait(max(interval, 1.0)):
+                    yield None
                     return
             lock_conn.commit()
+            if waiting:
+                log.info("took over this shard", extra={"shard": shard})
             try:
-                while not stop.is_set():
-                    try:
-                        self.run_once(stop)
-                        self.last_error = None
-                    except Exception as exc:
-                        self.last_error = f"{type(exc).__name__}: {exc}"
-                        on_error(exc)
-                    stop.wait(interval)
+                yield lock_conn
             finally:
                 with contextlib.suppress(Exception):  # a lost connection released it already
                     lock_conn.execute(unlock, {"s": shard})
@@ -214,6 +279,21 @@ class Selector:
             "shard": str(self.options.shard),
             "last_run_files": self.last_run.files if self.last_run else None,
         }
+
+
+class _LockLost(Exception):
+    """The session holding the shard's advisory lock is gone (PostgreSQL restarted)."""
+
+
+def _alive(conn: Connection) -> bool:
+    try:
+        conn.execute(text("SELECT 1"))
+        conn.commit()
+    except Exception:
+        with contextlib.suppress(Exception):
+            conn.invalidate()
+        return False
+    return True
 
 
 class _NoProgress:

@@ -63,13 +63,6 @@ def run_select(
             )
             return summary
 
-        def on_error(exc: Exception) -> None:
-            log.error(
-                "selection run failed; retrying next interval",
-                extra={"error": f"{type(exc).__name__}: {exc}"},
-                exc_info=exc,
-            )
-
         log.info(
             "selector following the lake",
             extra={
@@ -77,7 +70,7 @@ def run_select(
                 "shard": str(options.shard),
             },
         )
-        selector.follow(stop, on_error)
+        selector.follow(stop)  # logs one line per change of state (selector.failures)
         return None
     finally:
         for sig, handler in previous.items():

@@ -7,11 +7,12 @@ import io
 import json
 
 import pyarrow as pa
+import pyarrow.csv as pacsv
 from hypothesis import given
 from hypothesis import strategies as st
 
 from hosepipe.lake import events_to_table
-from selector.load import _attributes_json_slow, attributes_json, csv_events
+from selector.load import _attributes_json_slow, attributes_json, csv_events, timestamp_text
 
 MAP = pa.map_(pa.string(), pa.string())
 text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12)
@@ -63,3 +64,34 @@ def test_csv_events_round_trip() -> None:
         ]
     ]
     assert b',,"{' in csv_events(table)  # a null subject is an unquoted empty field (NULL)
+
+
+@given(
+    st.lists(
+        st.integers(min_value=0, max_value=253_402_300_799_999_999) | st.sampled_from([0, 1]),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_timestamp_text_is_the_csv_writers_text(micros: list[int]) -> None:
+    column = pa.array(micros, pa.timestamp("us", tz="UTC"))
+    sink = io.BytesIO()
+    pacsv.write_csv(pa.table({"t": column}), sink, pacsv.WriteOptions(include_header=False))
+    expected = sink.getvalue().decode().splitlines()
+    fast = timestamp_text(column)
+    assert fast is not None
+    assert fast.to_pylist() == expected
+
+
+def test_timestamp_text_leaves_nulls_and_old_times_to_the_writer() -> None:
+    assert timestamp_text(pa.array([1, None], pa.timestamp("us", tz="UTC"))) is None
+    assert timestamp_text(pa.array([-1], pa.timestamp("us", tz="UTC"))) is None
+    assert timestamp_text(pa.array([1], pa.timestamp("ms", tz="UTC"))) is None
+
+
+def test_attributes_json_of_copy_chunks_of_a_bigger_batch() -> None:
+    maps = [[("k", str(i)), ("j", "x")] if i % 3 else [] for i in range(50)]
+    array = pa.array(maps, MAP)
+    for start in (0, 7, 31):
+        fast = attributes_json(array.slice(start, 13)).to_pylist()
+        assert [json.loads(s) for s in fast] == [dict(m) for m in maps[start : start + 13]]
