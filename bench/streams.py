@@ -6,7 +6,10 @@
 Each contender reads its own copy of the same raw topic (4 partitions; N clickstream JSON
 events of ~250 B, 10 % duplicates, 1 % invalid JSON) in a child process and writes canonical
 events and dead letters. Printed per contender: events/s (first to last record consumed),
-CPU seconds and peak RSS of the child process (``wait4`` rusage).
+CPU seconds of the child process (``wait4`` rusage, start-up included) and the same per
+event, and its peak RSS. CPU per event is the figure to compare on a shared machine (wall
+rates swing with other load); ``--report-every N`` adds per-chunk rates and CPU per event
+of the kafka and faust children on stderr, to see whether a contender slows with volume.
 
 Contenders: ``plain`` (confluent-kafka loop, hand-written normalize, in-memory set: the
 ceiling), ``kafka`` and ``faust`` (hosepipe's two engines running the same batch core, Avro
@@ -32,6 +35,7 @@ from typing import Any
 import orjson
 
 PARTITIONS = 4
+ROW = "{:<10} {:>10} {:>7} {:>9} {:>12} {:>8} {:>7} {:>6}"
 CONTENDERS = ("plain", "kafka", "faust", "quix")
 
 
@@ -89,6 +93,41 @@ def pipeline_tree(prefix: str, group: str) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- children
 
+REPORT_EVERY = 0  # set by --report-every in the child: per-chunk figures on stderr
+
+
+class ChunkReport:
+    """Per-chunk figures of a child (``--report-every N``): events/s and process CPU per
+    event for each N records, to show whether a contender slows down as volume grows."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.mark = every
+        self.last: tuple[float, float] | None = None
+
+    @staticmethod
+    def _cpu() -> float:
+        usage = os.times()
+        return usage.user + usage.system
+
+    def update(self, received: int) -> None:
+        if not self.every or not received:
+            return
+        if self.last is None:
+            self.last = (time.monotonic(), self._cpu())
+            return
+        while received >= self.mark:
+            now, cpu = time.monotonic(), self._cpu()
+            wall, used = now - self.last[0], cpu - self.last[1]
+            print(
+                f"  {self.mark:>9,} received: {self.every / max(wall, 1e-9):>9,.0f} events/s, "
+                f"{1e6 * used / self.every:6.1f} µs CPU/event, load {os.getloadavg()[0]:.1f}",
+                file=sys.stderr,
+                flush=True,
+            )
+            self.last = (now, cpu)
+            self.mark += self.every
+
 
 def child_kafka(bootstrap: str, prefix: str, events: int, workdir: Path) -> dict[str, Any]:
     from hosepipe.config import PipelineConfig
@@ -101,9 +140,11 @@ def child_kafka(bootstrap: str, prefix: str, events: int, workdir: Path) -> dict
     thread = threading.Thread(target=runner.run, daemon=True)
     thread.start()
     first = last = 0.0
+    report = ChunkReport(REPORT_EVERY)
     while True:
         totals = runner.counters.totals.get("clickstream")
         received = totals.received if totals else 0
+        report.update(received)
         if received and not first:
             first = time.monotonic()
         if received >= events:
@@ -189,9 +230,11 @@ def child_faust(bootstrap: str, prefix: str, events: int, workdir: Path) -> dict
     times: dict[str, float] = {}
 
     def watch() -> None:
+        report = ChunkReport(REPORT_EVERY)
         while True:
             totals = engine.counters.totals.get("clickstream")
             received = totals.received if totals else 0
+            report.update(received)
             if received and "first" not in times:
                 times["first"] = time.monotonic()
             if received >= events:
@@ -307,7 +350,12 @@ def produce_raw(bootstrap: str, prefix: str, records: list[tuple[bytes, bytes]])
 
 
 def run_contender(
-    name: str, bootstrap: str, events: int, records: list[tuple[bytes, bytes]], workdir: Path
+    name: str,
+    bootstrap: str,
+    events: int,
+    records: list[tuple[bytes, bytes]],
+    workdir: Path,
+    report_every: int = 0,
 ) -> dict[str, Any]:
     from hosepipe.config import PipelineConfig
     from hosepipe.settings import Settings
@@ -330,6 +378,8 @@ def run_contender(
         str(events),
         "--workdir",
         str(workdir / name),
+        "--report-every",
+        str(report_every),
     ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE)
     assert process.stdout is not None
@@ -351,11 +401,21 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--bootstrap", help="use this broker instead of starting Tansu")
     parser.add_argument("--only", nargs="*", choices=CONTENDERS, default=list(CONTENDERS))
+    parser.add_argument(
+        "--report-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="kafka and faust: print events/s and CPU µs per event for every N records "
+        "(shows whether a contender slows down with volume)",
+    )
     parser.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        global REPORT_EVERY
+        REPORT_EVERY = args.report_every
         Path(args.workdir).mkdir(parents=True, exist_ok=True)
         result = CHILDREN[args.child](args.bootstrap, args.prefix, args.events, Path(args.workdir))
         result["peak_rss_mb"] = peak_rss_mb()
@@ -373,13 +433,23 @@ def main() -> None:
         try:
             records = make_events(args.events)
             print(f"{args.events} events, 10% duplicates, 1% invalid JSON, {PARTITIONS} partitions")
-            header = ("contender", "events/s", "CPU s", "peak RSS MB", "out", "dup", "dlq")
-            print("{:<10} {:>10} {:>7} {:>12} {:>8} {:>7} {:>6}".format(*header))
+            header = (
+                "contender",
+                "events/s",
+                "CPU s",
+                "µs/event",
+                "peak RSS MB",
+                "out",
+                "dup",
+                "dlq",
+            )
+            print(ROW.format(*header))
             for name in args.only:
-                r = run_contender(name, bootstrap, args.events, records, workdir)
+                r = run_contender(name, bootstrap, args.events, records, workdir, args.report_every)
                 row: tuple[Any, ...] = (name, f"{r['events_per_s']:,.0f}", f"{r['cpu_s']:.1f}")
-                row += (f"{r['peak_rss_mb']:.0f}", r["out"], r["dup"], r["dlq"])
-                print("{:<10} {:>10} {:>7} {:>12} {:>8} {:>7} {:>6}".format(*row), flush=True)
+                row += (f"{1e6 * r['cpu_s'] / args.events:.1f}", f"{r['peak_rss_mb']:.0f}")
+                row += (r["out"], r["dup"], r["dlq"])
+                print(ROW.format(*row), flush=True)
         finally:
             if broker is not None:
                 broker.stop()

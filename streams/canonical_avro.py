@@ -113,6 +113,23 @@ def write_events(
         if type(value) is not int or not _LONG_MIN <= value <= _LONG_MAX:
             return encode_long(value)  # raises with the reason
         zigzagged = (value << 1) ^ (value >> 63)
+        if zigzagged < 1 << 56:  # every time in µs up to year 3000: no loop, no list
+            if zigzagged < 1 << 42:
+                if zigzagged < 16384:
+                    return last[zigzagged]
+                if zigzagged < 1 << 28:
+                    return middle[zigzagged & 0x3FFF] + last[zigzagged >> 14]
+                return (
+                    middle[zigzagged & 0x3FFF]
+                    + middle[(zigzagged >> 14) & 0x3FFF]
+                    + last[zigzagged >> 28]
+                )
+            return (
+                middle[zigzagged & 0x3FFF]
+                + middle[(zigzagged >> 14) & 0x3FFF]
+                + middle[(zigzagged >> 28) & 0x3FFF]
+                + last[zigzagged >> 42]
+            )
         parts = []
         while zigzagged >= 16384:
             parts.append(middle[zigzagged & 0x3FFF])
@@ -122,39 +139,62 @@ def write_events(
 
     out: list[bytes] = []
     append = out.append
+    join = b"".join
+    # ingested_at repeats within a producer batch (record timestamps are in ms): one cache.
+    last_ingested: Any = None
+    last_ingested_bytes = b""
     for event in events:
-        data = event["event_id"].encode()
-        size = len(data)
-        parts = [header, small[size] if size < 16384 else _varint(size << 1), data]
-        add = parts.append
-        value = event["source"]
-        add(cached(value) or text(value))
-        value = event["event_type"]
-        add(cached(value) or text(value))
-        add(long(event["occurred_at"]))
-        add(long(event["ingested_at"]))
+        event_id = event["event_id"].encode()
+        size = len(event_id)
+        source = event["source"]
+        event_type = event["event_type"]
+        occurred_at = event["occurred_at"]
+        ingested_at = event["ingested_at"]
+        if ingested_at != last_ingested or type(ingested_at) is not int:
+            last_ingested_bytes = long(ingested_at)
+            last_ingested = ingested_at
         subject = event["subject"]
         if subject is None:
-            add(b"\x00")
+            subject_bytes = b"\x00"
         else:
             data = subject.encode()
-            size = len(data)
-            add(b"\x02")
-            add(small[size] if size < 16384 else _varint(size << 1))
-            add(data)
-        data = event["payload"].encode()
-        size = len(data)
-        add(small[size] if size < 16384 else _varint(size << 1))
-        add(data)
+            subject_size = len(data)
+            subject_bytes = (
+                b"\x02"
+                + (small[subject_size] if subject_size < 16384 else _varint(subject_size << 1))
+                + data
+            )
+        payload = event["payload"].encode()
+        payload_size = len(payload)
         attributes = event["attributes"]
         if attributes:
             count = len(attributes)
-            add(small[count] if count < 16384 else _varint(count << 1))
+            parts = [small[count] if count < 16384 else _varint(count << 1)]
+            add = parts.append
             for key, value in attributes.items():
                 add(cached(key) or text(key))
                 add(cached(value) or text(value))
-        add(b"\x00")
-        append(b"".join(parts))
+            add(b"\x00")
+            attribute_bytes = join(parts)
+        else:
+            attribute_bytes = b"\x00"
+        append(
+            join(
+                (
+                    header,
+                    small[size] if size < 16384 else _varint(size << 1),
+                    event_id,
+                    cached(source) or text(source),
+                    cached(event_type) or text(event_type),
+                    long(occurred_at),
+                    last_ingested_bytes,
+                    subject_bytes,
+                    small[payload_size] if payload_size < 16384 else _varint(payload_size << 1),
+                    payload,
+                    attribute_bytes,
+                )
+            )
+        )
     return out
 
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import orjson
 
 from hosepipe.config import PipelineConfig, SourceConfig, StreamsConfig
+from hosepipe.settings import Settings
 from streams.errors import (
     EmptyRecord,
     ImplausibleTimestamp,
@@ -34,6 +36,9 @@ from streams.errors import (
 from streams.mapping import Event, Mapper, compile_mapping, loads_exact
 from streams.timestamps import format_micros
 from streams.transform import Transform, load_transform
+
+if TYPE_CHECKING:
+    from streams.metrics import StageCounters
 
 SeenCheck = Callable[[str, int, Sequence[str]], Sequence[bool]]
 """``(topic, partition, event_ids) -> already seen?`` for each id, in order."""
@@ -319,13 +324,22 @@ class StreamCore:
         now = now_micros() if now_us is None else now_us
         result = BatchResult()
         counts = result.counts
-        candidates: list[tuple[str, CanonicalOutput]] = []
+        dead_letters = result.dead_letters
+        stages = self.stages
+        candidates: list[CanonicalOutput] = []
+        add_candidate = candidates.append
+        # Per input partition: (candidate indexes, event ids), in batch order.
+        by_partition: dict[tuple[str, int], tuple[list[int], list[str]]] = {}
+        topic: str | None = None
+        stage: SourceStage | None = None
+        source = ""
+        tally = SourceCounts()
         for record in records:
-            stage = self.stages.get(record.topic)
-            source = stage.name if stage else ""
-            tally = counts.get(source)
-            if tally is None:
-                tally = counts[source] = SourceCounts()
+            if record.topic != topic:  # batches come in runs of one topic: look up per run
+                topic = record.topic
+                stage = stages.get(topic)
+                source = stage.name if stage else ""
+                tally = counts.get(source) or counts.setdefault(source, SourceCounts())
             tally.received += 1
             try:
                 if stage is None:
@@ -333,13 +347,13 @@ class StreamCore:
                 event = stage.normalize(record, now)
             except RecordError as exc:
                 tally.dead_lettered += 1
-                result.dead_letters.append(
+                dead_letters.append(
                     DeadLetter(record, source, exc.stage, type(exc).__name__, str(exc), now)
                 )
                 continue
             except Exception as exc:  # a bug in a mapping path must not crash-loop the worker
                 tally.dead_lettered += 1
-                result.dead_letters.append(
+                dead_letters.append(
                     DeadLetter(record, source, "map", type(exc).__name__, str(exc), now)
                 )
                 continue
@@ -347,46 +361,50 @@ class StreamCore:
                 tally.dropped += 1
                 result.dropped += 1
                 continue
-            candidates.append((source, CanonicalOutput(event, record)))
-        self._dedupe(candidates, seen_check, result)
+            key = (topic, record.partition)
+            group = by_partition.get(key)
+            if group is None:
+                group = by_partition[key] = ([], [])
+            group[0].append(len(candidates))
+            group[1].append(event["event_id"])
+            add_candidate(CanonicalOutput(event, record))
+        if candidates:
+            self._dedupe(candidates, by_partition, seen_check, result)
         return result
 
     @staticmethod
     def _dedupe(
-        candidates: list[tuple[str, CanonicalOutput]],
+        candidates: list[CanonicalOutput],
+        by_partition: dict[tuple[str, int], tuple[list[int], list[str]]],
         seen_check: SeenCheck,
         result: BatchResult,
     ) -> None:
-        if not candidates:
-            return
-        # One seen_check per input partition, with that partition's ids in batch order.
-        by_partition: dict[tuple[str, int], tuple[list[int], list[str]]] = {}
-        for index, (_, output) in enumerate(candidates):
-            record = output.record
-            key = (record.topic, record.partition)
-            group = by_partition.get(key)
-            if group is None:
-                group = by_partition[key] = ([], [])
-            group[0].append(index)
-            group[1].append(output.event["event_id"])
-        seen = [False] * len(candidates)
+        # One seen_check per input partition, with that partition's ids in batch order; an id
+        # already kept earlier in the batch (same source) is a duplicate too.
+        duplicate = [False] * len(candidates)
+        kept: dict[str, set[str]] = {}
         for (topic, partition), (indexes, ids) in by_partition.items():
-            for i, answer in zip(indexes, seen_check(topic, partition, ids), strict=True):
+            answers = seen_check(topic, partition, ids)
+            for index, answer in zip(indexes, answers, strict=True):
                 if answer:
-                    seen[i] = True
-        in_batch: set[tuple[str, str]] = set()
+                    duplicate[index] = True
         counts = result.counts
         outputs = result.outputs
-        for index, (source, output) in enumerate(candidates):
-            identity = (source, output.event["event_id"])
-            tally = counts[source]
-            if seen[index] or identity in in_batch:
-                tally.duplicates += 1
+        add = outputs.append
+        for output, is_duplicate in zip(candidates, duplicate, strict=True):
+            event = output.event
+            source = event["source"]
+            seen_here = kept.get(source)
+            if seen_here is None:
+                seen_here = kept[source] = set()
+            event_id = event["event_id"]
+            if is_duplicate or event_id in seen_here:
+                counts[source].duplicates += 1
                 result.duplicates += 1
                 continue
-            in_batch.add(identity)
-            tally.out += 1
-            outputs.append(output)
+            seen_here.add(event_id)
+            counts[source].out += 1
+            add(output)
 
 
 def encode_one_by_one(
@@ -417,3 +435,45 @@ def encode_one_by_one(
 def never_seen(topic: str, partition: int, ids: Sequence[str]) -> list[bool]:
     """A :data:`SeenCheck` with no memory (every id is new)."""
     return [False] * len(ids)
+
+
+OptionsT = TypeVar("OptionsT")
+
+
+class EngineBase(Generic[OptionsT]):
+    """What both engines set up alike: settings, pipeline, core, options, window, counters.
+
+    ``make_options(batch_size, group, state_dir)`` builds the engine's options from the
+    pipeline's ``streams`` section when none are given; ``state_dir`` is
+    ``state_root(settings, group)``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline: PipelineConfig,
+        *,
+        core: StreamCore | None,
+        options: OptionsT | None,
+        counters: StageCounters | None,
+        make_options: Callable[[int, str, Path], OptionsT],
+        state_root: Callable[[Settings, str], Path],
+    ) -> None:
+        from streams.metrics import StageCounters, instance_id
+
+        streams = pipeline.streams
+        self.settings = settings
+        self.pipeline = pipeline
+        self.core = core or StreamCore.from_pipeline(pipeline)
+        group = streams.consumer_group
+        self.options: OptionsT = options or make_options(
+            streams.batch_size, group, state_root(settings, group)
+        )
+        self.window_us = window_micros(streams)
+        self.counters = counters or StageCounters()
+        self.worker_id = instance_id()
+
+
+def window_micros(streams: StreamsConfig) -> int:
+    """The dedupe window in µs."""
+    return int(streams.dedupe_window.total_seconds() * 1_000_000)

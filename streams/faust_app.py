@@ -55,13 +55,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import faust
+from faust.sensors import Monitor
 from faust.stores.rocksdb import Store as RocksDBStore
 
 from hosepipe.config import PipelineConfig
 from hosepipe.settings import Settings
-from streams.core import BatchResult, RawRecord, StreamCore, encode_one_by_one, now_micros
+from streams.canonical_avro import fast_writer_for
+from streams.core import (
+    BatchResult,
+    EngineBase,
+    RawRecord,
+    StreamCore,
+    encode_one_by_one,
+    now_micros,
+)
 from streams.dedupe import decode_changelog, decode_time, encode_changelog, encode_time
-from streams.metrics import StageCounters, instance_id, stats_topic
+from streams.faust_credentials import faust_broker_credentials
+from streams.metrics import StageCounters, stats_topic
 
 if TYPE_CHECKING:
     from confluent_kafka import Producer
@@ -94,6 +104,30 @@ class FaustOptions:
     take_within_s: float = TAKE_WITHIN_S
     stats_every_s: float = STATS_EVERY_S
     extra_app_config: dict[str, Any] = field(default_factory=dict)
+
+
+class QuietMonitor(Monitor):  # type: ignore[misc]
+    """faust's Monitor sensor without its per-message bookkeeping.
+
+    The default Monitor runs four hooks per message (message in/out, stream event in/out:
+    counters, dict updates, clock reads, stream and task name lookups). This worker reports
+    its own per-source counters (``StageCounters``), so those per-message statistics are
+    dropped; commits, sends, table and rebalance statistics stay.
+    """
+
+    def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
+        return None
+
+    def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> None:
+        return None
+
+    def on_stream_event_out(
+        self, tp: Any, offset: int, stream: Any, event: Any, state: Any = None
+    ) -> None:
+        return None
+
+    def on_message_out(self, tp: Any, offset: int, message: Any) -> None:
+        return None
 
 
 class DedupeStore(RocksDBStore):
@@ -181,7 +215,7 @@ class _Deliveries:
         self.failed.append((message.topic(), message.key(), message.value(), message.headers(), -1))
 
 
-class FaustEngine:
+class FaustEngine(EngineBase[FaustOptions]):
     """Builds the faust app (agents, tables) around the core; :meth:`run` runs a worker."""
 
     def __init__(
@@ -193,18 +227,15 @@ class FaustEngine:
         options: FaustOptions | None = None,
         counters: StageCounters | None = None,
     ) -> None:
-        streams = pipeline.streams
-        self.settings = settings
-        self.pipeline = pipeline
-        self.core = core or StreamCore.from_pipeline(pipeline)
-        self.options = options or FaustOptions(
-            batch_size=streams.batch_size,
-            group=streams.consumer_group,
-            state_dir=default_state_dir(settings, streams.consumer_group),
+        super().__init__(
+            settings,
+            pipeline,
+            core=core,
+            options=options,
+            counters=counters,
+            make_options=FaustOptions,
+            state_root=default_state_dir,
         )
-        self.window_us = int(streams.dedupe_window.total_seconds() * 1_000_000)
-        self.counters = counters or StageCounters()
-        self.worker_id = instance_id()
         self.assigned: set[tuple[str, int]] = set()
         self._producer: Producer | None = None
         self._last_stats = 0.0
@@ -217,6 +248,15 @@ class FaustEngine:
         partitions = self._raw_partitions()
         self.options.state_dir.mkdir(parents=True, exist_ok=True)
         window_s = max(int(self.window_us // 1_000_000), 1)
+        credentials, ignored = faust_broker_credentials(self.settings.kafka_options)
+        if ignored:
+            log.info(
+                "kafka_options not passed to faust's clients (librdkafka tuning)",
+                extra={"options": ignored},
+            )
+        security: dict[str, Any] = {}
+        if credentials is not None:
+            security["broker_credentials"] = credentials
         app = faust.App(
             self.options.group,
             broker=f"kafka://{self.settings.kafka_bootstrap}",
@@ -236,8 +276,10 @@ class FaustEngine:
             recovery_consistency_check=False,
             # one record per producer batch: see the module docstring (Tansu ListOffsets bug)
             producer_max_batch_size=1,
+            Monitor=QuietMonitor,
             web_enabled=False,
             web_bind=self.settings.bind_host,
+            **security,
             **self.options.extra_app_config,
         )
         for name in self.pipeline.sources:
@@ -345,13 +387,13 @@ class FaustEngine:
 
         if self._producer is None:
             self.encoder = make_encoder(self.settings, self.pipeline.topics.canonical)
+            self._write_events = fast_writer_for(self.encoder)
             self._producer = make_producer(self.settings, **{"linger.ms": 5})
 
     # ------------------------------------------------------------------ one batch
 
     async def _handle(self, table: Any, events: Sequence[Any]) -> None:
         records: list[RawRecord] = []
-        by_partition: dict[int, Any] = {}
         for event in events:
             message = event.message
             timestamp = message.timestamp
@@ -366,7 +408,6 @@ class FaustEngine:
                     list(message.headers) if message.headers else None,
                 )
             )
-            by_partition.setdefault(message.partition, event)
         if not records:
             return
         now = now_micros()
@@ -390,7 +431,7 @@ class FaustEngine:
         events = [o.event for o in result.outputs]
         values: list[bytes]
         try:
-            values = list(self.encoder.encode_many(events))
+            values = self._write_events(events)
         except ValueError:
             values = encode_one_by_one(result, self.encoder.encode, now)
         canonical = self.pipeline.topics.canonical

@@ -46,6 +46,7 @@ from streams.core import (
     BatchResult,
     CanonicalOutput,
     DeadLetter,
+    EngineBase,
     RawRecord,
     StreamCore,
     encode_one_by_one,
@@ -58,7 +59,7 @@ from streams.dedupe import (
     decode_changelog,
     encode_changelog,
 )
-from streams.metrics import StageCounters, instance_id, stats_topic
+from streams.metrics import StageCounters, stats_topic
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer, Message, Producer, TopicPartition
@@ -90,6 +91,8 @@ CHANGELOG_MESSAGE_BYTES = 512 * 1024
 
 def _chunks(ids: list[str], max_bytes: int) -> list[list[str]]:
     """``ids`` split so that each changelog message stays far below any message size limit."""
+    if sum(map(len, ids)) + 8 * len(ids) <= max_bytes:  # the usual case: one message
+        return [ids]
     chunks: list[list[str]] = [[]]
     size = 0
     for event_id in ids:
@@ -117,6 +120,8 @@ class InFlight:
     result: BatchResult
     records: list[RawRecord]
     now: int
+    ids: dict[tuple[str, int], list[str]] = field(default_factory=dict)
+    """The delivered ids by input partition, in batch order (what :meth:`_remember` stores)."""
 
 
 @dataclass
@@ -135,7 +140,7 @@ def default_state_dir(settings: Settings, group: str) -> Path:
     return settings.data_dir / "streams" / group
 
 
-class KafkaRunner:
+class KafkaRunner(EngineBase[RunnerOptions]):
     """Runs the stream stage as a consumer-group member until :meth:`stop` is called."""
 
     def __init__(
@@ -147,18 +152,15 @@ class KafkaRunner:
         options: RunnerOptions | None = None,
         counters: StageCounters | None = None,
     ) -> None:
-        streams = pipeline.streams
-        self.settings = settings
-        self.pipeline = pipeline
-        self.core = core or StreamCore.from_pipeline(pipeline)
-        self.options = options or RunnerOptions(
-            batch_size=streams.batch_size,
-            group=streams.consumer_group,
-            state_dir=default_state_dir(settings, streams.consumer_group),
+        super().__init__(
+            settings,
+            pipeline,
+            core=core,
+            options=options,
+            counters=counters,
+            make_options=RunnerOptions,
+            state_root=default_state_dir,
         )
-        self.window_us = int(streams.dedupe_window.total_seconds() * 1_000_000)
-        self.counters = counters or StageCounters()
-        self.worker_id = instance_id()
         self.stores: dict[tuple[str, int], PartitionStore] = {}
         self._stop = threading.Event()
         self._delivery_errors: list[str] = []
@@ -289,16 +291,16 @@ class KafkaRunner:
         result = self.core.process_batch(records, lambda t, p, ids: self._seen(t, p, ids, now), now)
         self._complete()  # the previous batch: await delivery, remember, commit
         self._emit(result, now)
-        pending: dict[tuple[str, int], set[str]] = {}
+        ids_by_partition: dict[tuple[str, int], list[str]] = {}
         for output in result.outputs:
             record = output.record
             key = (record.topic, record.partition)
-            ids = pending.get(key)
+            ids = ids_by_partition.get(key)
             if ids is None:
-                ids = pending[key] = set()
-            ids.add(output.event["event_id"])
-        self._pending = pending
-        self._inflight = InFlight(result, records, now)
+                ids = ids_by_partition[key] = []
+            ids.append(output.event["event_id"])
+        self._pending = {key: set(ids) for key, ids in ids_by_partition.items()}
+        self._inflight = InFlight(result, records, now, ids_by_partition)
         self._producer.poll(0)  # type: ignore[union-attr]
 
     def _complete(self, *, commit_sync: bool = False, lost: bool = False) -> None:
@@ -307,7 +309,7 @@ class KafkaRunner:
         if batch is None:
             return
         self._flush()
-        self._remember(batch.result, batch.now)
+        self._remember(batch.ids, batch.now)
         self._inflight = None
         self._pending = {}
         if not lost:
@@ -441,20 +443,14 @@ class KafkaRunner:
     def _changelog_prefix(self) -> str:
         return changelog_topic(self.options.group, "")
 
-    def _remember(self, result: BatchResult, now: int) -> None:
-        by_partition: dict[tuple[str, int], list[str]] = {}
-        for output in result.outputs:
-            record = output.record
-            by_partition.setdefault((record.topic, record.partition), []).append(
-                output.event["event_id"]
-            )
+    def _remember(self, by_partition: dict[tuple[str, int], list[str]], now: int) -> None:
         producer = self._state_producer
         assert producer is not None
         for (topic, partition), ids in by_partition.items():
             store = self.stores[(topic, partition)]
             changelog = changelog_topic(self.options.group, topic)
             known = self._changelog_offsets.get((changelog, partition))
-            store.remember([(i, now) for i in ids], known)
+            store.remember_ids(ids, now, known)
             for chunk in _chunks(ids, CHANGELOG_MESSAGE_BYTES):
                 self._produce(
                     producer.produce,
