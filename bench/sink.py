@@ -5,11 +5,19 @@ produces N events (4 partitions) spread over 48 event hours, then in the same ru
 
 1. raw consume rate of the topic (plain confluent-kafka loop, no decoding): the ceiling;
 2. pyarrow writing the same rows from memory (dicts → Arrow → zstd Parquet per hour → S3);
-3. ``hosepipe sink`` as a child process until every offset is committed: rows/s, MB/s of
-   Parquet, peak RSS (sampled with psutil), files per event hour; also the rate between its
-   first and last commit, which leaves out process start-up and the group join; and the
-   sink's CPU seconds (all threads, and its main thread), steadier than wall time when the
-   machine is shared.
+3. ``hosepipe sink`` as a child process until every offset is committed: MB/s of Parquet,
+   peak RSS (sampled with psutil), files per event hour, and three rates, each saying what
+   it spans:
+
+   - from process start to the last commit (Python start-up, the group join, everything);
+   - from the first consumed record to the last commit (the sink logs ``first records
+     consumed`` once it has its partitions; the join is left out, nothing else): the
+     figure the 150,000 rows/s target is read against;
+   - from the first to the last commit (leaves out the first batch too).
+
+   And the sink's CPU seconds per row (all threads, and its main thread), steadier than
+   wall time when the machine is shared. The group join on Tansu takes about half of
+   ``session.timeout.ms`` (3 s with the default 6 s), which is why it is reported apart.
 
     .venv/bin/python bench/sink.py --events 1000000
 """
@@ -24,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +57,31 @@ def events(count: int, hours: int) -> list[dict[str, Any]]:
         }
         for n in range(count)
     ]
+
+
+def sink_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds of the sink process so far: all threads, and its main thread."""
+    process = psutil.Process(pid)
+    cpu = process.cpu_times()
+    main = next((t for t in process.threads() if t.id == pid), None)
+    return cpu.user + cpu.system, (main.user_time + main.system_time) if main else 0.0
+
+
+def first_consumed_after(log: Path, started_wall: float) -> float | None:
+    """Seconds from process start to the sink's ``first records consumed`` log line."""
+    import json
+    from datetime import datetime
+
+    for line in log.read_text(errors="replace").splitlines():
+        if '"first records consumed"' not in line:
+            continue
+        try:
+            stamp = json.loads(line)["ts"]
+        except (ValueError, KeyError):
+            continue
+        when = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        return when.timestamp() - started_wall
+    return None
 
 
 def main() -> None:
@@ -117,12 +151,16 @@ def main() -> None:
         del values
 
         # 1. raw consume rate (the ceiling)
-        consumer = make_consumer(settings, f"bench-raw-{os.getpid()}")
+        consumer = make_consumer(  # the sink's fetch settings (sink/runner.py)
+            settings,
+            f"bench-raw-{os.getpid()}",
+            **{"queued.max.messages.kbytes": 32 * 1024, "fetch.queue.backoff.ms": 20},
+        )
         consumer.subscribe([topic])
         seen, first = 0, None
         raw_cpu = time.process_time()
         while seen < args.events:
-            batch = consumer.consume(5000, 1.0)
+            batch = consumer.consume(10_000, 1.0)
             if batch and first is None:
                 first = time.perf_counter()
             seen += sum(1 for m in batch if m.error() is None)
@@ -153,10 +191,19 @@ def main() -> None:
             HOSEPIPE_S3_ACCESS_KEY_ID="bench",
             HOSEPIPE_S3_SECRET_ACCESS_KEY="bench-secret-key",
             HOSEPIPE_CONFIG_FILE=str(config),
-            HOSEPIPE_LOG_LEVEL="WARNING",
+            HOSEPIPE_LOG_LEVEL="INFO",
+            HOSEPIPE_LOG_FORMAT="json",
         )
+        sink_log = work / "sink.log"
+        started_wall = time.time()
         started = time.perf_counter()
-        process = subprocess.Popen([sys.executable, "-m", "hosepipe", "sink"], env=env)
+        with sink_log.open("wb") as log_handle:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "hosepipe", "sink"],
+                env=env,
+                stdout=log_handle,
+                stderr=subprocess.STDOUT,
+            )
         peak = [0]
         done = threading.Event()
 
@@ -175,23 +222,25 @@ def main() -> None:
         watcher = make_consumer(settings, pipeline.sink.consumer_group)
         parts = [TopicPartition(topic, p) for p in range(args.partitions)]
         first_commit, first_committed = None, 0
+        cpu_at_first_commit = (0.0, 0.0)
         while True:
             committed = sum(max(0, tp.offset) for tp in watcher.committed(parts, timeout=10))
             if committed and first_commit is None:
                 first_commit, first_committed = time.perf_counter(), committed
+                cpu_at_first_commit = sink_cpu(process.pid)
             if committed >= args.events:
                 break
             if process.poll() is not None:
-                raise SystemExit(f"sink exited with {process.returncode}")
-            time.sleep(0.2)
+                raise SystemExit(f"sink exited with {process.returncode}: {sink_log.read_text()}")
+            time.sleep(0.05)
         finished = time.perf_counter()
         sink_s = finished - started
+        first_record_s = first_consumed_after(sink_log, started_wall)
         # CPU seconds are steadier than wall time on a shared machine
-        sink_process = psutil.Process(process.pid)
-        cpu = sink_process.cpu_times()
-        main_thread = next((t for t in sink_process.threads() if t.id == process.pid), None)
-        sink_cpu_s = cpu.user + cpu.system
-        main_cpu_s = main_thread.user_time + main_thread.system_time if main_thread else 0.0
+        sink_cpu_s, main_cpu_s = sink_cpu(process.pid)
+        steady_rows = args.events - first_committed
+        steady_cpu_s = sink_cpu_s - cpu_at_first_commit[0]
+        steady_main_s = main_cpu_s - cpu_at_first_commit[1]
         steady = (args.events - first_committed) / max(1e-9, finished - (first_commit or started))
         watcher.close()
         done.set()
@@ -230,12 +279,22 @@ def main() -> None:
         f"hosepipe sink:           {args.events / sink_s:>10,.0f} rows/s  "
         f"{lake_bytes / mb / sink_s:6.1f} MB/s Parquet "
         f"({avro_bytes / mb / sink_s:.1f} MB/s Avro in), "
-        f"{sink_s:.1f} s incl. start and group join"
+        f"{sink_s:.1f} s, from process start to last commit"
     )
-    print(f"  from first to last commit (no start-up): {steady:>10,.0f} rows/s")
+    if first_record_s is not None:
+        print(
+            f"  from first consumed record to last commit: "
+            f"{args.events / (sink_s - first_record_s):>10,.0f} rows/s "
+            f"(first record {first_record_s:.1f} s after process start: start-up + group join)"
+        )
+    print(f"  from first to last commit:                 {steady:>10,.0f} rows/s")
     print(
-        f"  CPU {sink_cpu_s:.1f} s ({sink_cpu_s / args.events * 1e6:.1f} µs per row), "
-        f"main thread {main_cpu_s:.1f} s ({main_cpu_s / args.events * 1e6:.1f} µs per row); "
+        f"  CPU from first to last commit: {steady_cpu_s / steady_rows * 1e6:.2f} µs per row "
+        f"(all threads), {steady_main_s / steady_rows * 1e6:.2f} µs per row (main thread)"
+    )
+    print(
+        f"  CPU from process start: {sink_cpu_s:.1f} s ({sink_cpu_s / args.events * 1e6:.1f} µs "
+        f"per row incl. start-up), main thread {main_cpu_s:.1f} s; "
         f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
     )
     print(

@@ -58,7 +58,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -82,6 +82,9 @@ HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 MICROS_PER_HOUR = 3_600_000_000
 OFFSET_DIGITS = 20
 PARQUET_SUFFIX = ".parquet"
+PROBE_KEY = ".hosepipe-write-probe"
+"""Empty object the sink writes at the lake root to tell when a down lake is back (readers
+skip names starting with ``.``)."""
 Compression = Literal["zstd", "snappy", "none"]
 
 FIRST_VALID_HOUR = -62_135_596_800 // 3600
@@ -370,6 +373,11 @@ class LakeStore(Protocol):
         """Lake-relative keys of data files under ``prefix``, sorted (temp files excluded)."""
         ...
 
+    def probe(self) -> None:
+        """Raise :class:`LakeError` unless the lake takes a write right now: one quick
+        attempt without retries (the sink asks while the lake is down, to resume at once)."""
+        ...
+
 
 class LocalLakeStore:
     """``file://`` lake: temp file + fsync + atomic rename + directory fsync."""
@@ -401,6 +409,15 @@ class LocalLakeStore:
 
     def get(self, key: str) -> bytes:
         return Path(self.location.path(key)).read_bytes()
+
+    def probe(self) -> None:
+        root = Path(self.location.root)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LakeError(f"lake directory {root}: {exc.strerror or exc}") from exc
+        if not os.access(root, os.W_OK):
+            raise LakeError(f"lake directory {root} is not writable")
 
     def remove_stale_temp_files(self, older_than: float = 600.0) -> int:
         """Delete ``.<name>.tmp-*`` files left by crashed writers; returns how many.
@@ -444,12 +461,20 @@ def _fsync_directory(directory: Path) -> None:
 
 @dataclass(frozen=True)
 class S3Retries:
-    """botocore retry policy of lake writes (short timeouts so an outage shows quickly)."""
+    """botocore retry policy of lake writes.
+
+    Timeouts are short so that a lake that stops answering (a server that accepts
+    connections but hangs, as SeaweedFS does while it restarts) shows within seconds and
+    the attempt is retried on a fresh connection; ``read_timeout`` bounds each wait for
+    bytes, not a whole upload. ``probe_timeout`` bounds the single-attempt probe
+    (:meth:`S3LakeStore.probe`).
+    """
 
     mode: Literal["standard", "adaptive"] = "standard"
     max_attempts: int = 5
-    connect_timeout: float = 3.0
-    read_timeout: float = 30.0
+    connect_timeout: float = 2.0
+    read_timeout: float = 5.0
+    probe_timeout: float = 2.0
 
 
 class S3LakeStore:
@@ -458,11 +483,18 @@ class S3LakeStore:
     multipart_threshold = 64 * 1024 * 1024
     multipart_chunk = 16 * 1024 * 1024
 
-    def __init__(self, location: LakeLocation, client: Any) -> None:
+    def __init__(
+        self,
+        location: LakeLocation,
+        client: Any,
+        probe_client_factory: Callable[[], Any] | None = None,
+    ) -> None:
         from boto3.s3.transfer import TransferConfig
 
         self.location = location
         self.client = client
+        self._probe_client_factory = probe_client_factory
+        self._probe_client: Any = None
         self._transfer = TransferConfig(
             multipart_threshold=self.multipart_threshold,
             multipart_chunksize=self.multipart_chunk,
@@ -486,6 +518,18 @@ class S3LakeStore:
     def get(self, key: str) -> bytes:
         answer = self.client.get_object(Bucket=self.location.bucket, Key=self.location.path(key))
         return bytes(answer["Body"].read())
+
+    def probe(self) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if self._probe_client is None:  # made on first use: only a sink whose lake failed
+            factory = self._probe_client_factory
+            self._probe_client = factory() if factory is not None else self.client
+        object_key = self.location.path(PROBE_KEY)
+        try:
+            self._probe_client.put_object(Bucket=self.location.bucket, Key=object_key, Body=b"")
+        except (BotoCoreError, ClientError) as exc:
+            raise LakeError(f"probing s3://{self.location.bucket}/{object_key}: {exc}") from exc
 
     def list(self, prefix: str = "") -> list[str]:
         root = self.location.path("")
@@ -523,7 +567,14 @@ def open_lake_store(settings: Settings, retries: S3Retries | None = None) -> Lak
     location = LakeLocation.parse(settings.lake_url)
     if location.scheme == "file":
         return LocalLakeStore(location)
-    return S3LakeStore(location, s3_client(settings, retries))
+    policy = retries or S3Retries()
+    quick = S3Retries(
+        mode=policy.mode,
+        max_attempts=1,
+        connect_timeout=min(policy.connect_timeout, policy.probe_timeout),
+        read_timeout=policy.probe_timeout,
+    )
+    return S3LakeStore(location, s3_client(settings, policy), lambda: s3_client(settings, quick))
 
 
 # --------------------------------------------------------------------------- readers

@@ -27,28 +27,38 @@ hour; it is only counted. Events whose ``occurred_at`` lies outside years 1..999
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NoReturn
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from hosepipe.config import SinkConfig
 from hosepipe.lake import (
+    END_VALID_HOUR,
+    FIRST_VALID_HOUR,
     MICROS_PER_HOUR,
     check_partition_keys,
     data_file_key,
     events_to_table,
     key_segment,
     time_partition,
-    valid_hour,
 )
 
 TopicPartition = tuple[str, int]
 Event = dict[str, Any]
 INVALID_HOUR = -(2**62)
 """Slot hour of every event outside years 1..9999 (``time_partition`` maps it to dt=invalid)."""
+_INVALID_SPAN = END_VALID_HOUR - FIRST_VALID_HOUR
+"""Hour of invalid rows counted from ``FIRST_VALID_HOUR`` (one past the last valid hour)."""
+_SLOT_STRIDE = 1 << 27
+"""Partition multiplier of a (partition, hour) slot code; above every hour span."""
+_FIRST_MICROS = FIRST_VALID_HOUR * MICROS_PER_HOUR
+_END_MICROS = END_VALID_HOUR * MICROS_PER_HOUR
+_MAX_RUNS = 64
+"""Rows of a call in at most this many runs (or 1/16 of the rows) become zero-copy slices."""
 
 
 class FlushReason(StrEnum):
@@ -171,10 +181,10 @@ class SinkBatch:
     def add_table(
         self,
         topic: str,
-        partitions: Sequence[int],
-        offsets: Sequence[int],
+        partitions: Sequence[int] | pa.Array,
+        offsets: Sequence[int] | pa.Array,
         table: pa.Table,
-        sizes: Sequence[int],
+        sizes: Sequence[int] | pa.Array,
         now: float,
         *,
         stop_on_rule: bool = True,
@@ -182,77 +192,117 @@ class SinkBatch:
         """Buffer the rows of ``table`` (canonical schema) in order; returns how many.
 
         ``partitions``/``offsets``/``sizes`` give each row's Kafka coordinates and encoded
-        size. With ``stop_on_rule`` it stops right after the row that makes a size rule of
-        :meth:`flush_reason` fire; the caller flushes, then adds the rest.
+        size (lists or int64 Arrow arrays). With ``stop_on_rule`` it stops right after the
+        row that makes a size rule of :meth:`flush_reason` fire; the caller flushes, then
+        adds the rest.
+
+        Column-wise: the rows are grouped into open files by one hash over (Kafka partition,
+        event hour[, keys]) (:func:`group_rows`), the row at which a size rule fires is found
+        from cumulative sums, late records from a running maximum per Kafka partition; Python
+        only visits the few files and Kafka partitions of a call.
         """
-        files = self._files
-        next_offsets = self._next_offsets
-        newest_hours = self._newest_hour
-        keys = self.partition_keys
-        hints = self.hints
-        max_rows, max_bytes = hints.max_rows, hints.max_bytes
-        max_files = hints.max_open_partitions
-        hours = table.column("occurred_at").cast(pa.int64()).to_pylist()
-        key_values = [table.column(k).to_pylist() for k in keys]
-        rows_of: dict[tuple[Any, ...], list[int]] = {}
-        added = 0
-        for row, (partition, offset, size, occurred_at) in enumerate(
-            zip(partitions, offsets, sizes, hours, strict=True)
-        ):
-            tp = (topic, partition)
-            expected = next_offsets.get(tp)
-            if expected is not None and offset < expected:
-                raise ValueError(
-                    f"{topic}[{partition}]: offset {offset} after {expected - 1} in one batch; "
-                    "a batch must be a contiguous range from the committed offset"
+        count = table.num_rows
+        if count == 0:
+            return 0
+        parts, offs, lengths = _int64s(partitions), _int64s(offsets), _int64s(sizes)
+        if not len(parts) == len(offs) == len(lengths) == count:
+            raise ValueError("partitions, offsets, sizes and the table differ in length")
+        groups = group_rows(table, parts, self.partition_keys)
+        if stop_on_rule:
+            last = self._last_row_before_rule(groups, lengths)
+            if last + 1 < count:
+                count = last + 1
+                table, parts, offs = (
+                    table.slice(0, count),
+                    parts.slice(0, count),
+                    offs.slice(0, count),
                 )
-            hour = occurred_at // MICROS_PER_HOUR
-            if not valid_hour(hour):
-                self.invalid_time += 1
-                hour = INVALID_HOUR
-            else:
-                newest = newest_hours.get(tp)
-                if newest is None or hour > newest:
-                    newest_hours[tp] = hour
-                elif hour < newest:
-                    self.late += 1
-            slot = (
-                (partition, hour, *(values[row] or None for values in key_values))
-                if keys
-                else (partition, hour)
-            )
-            rows = rows_of.get(slot)
-            if rows is None:
-                rows = rows_of[slot] = []
-                if slot not in files:
-                    directory = time_partition(hour)
-                    if keys:
-                        segments = [
-                            key_segment(k, v[row]) for k, v in zip(keys, key_values, strict=True)
-                        ]
-                        directory = "/".join([*segments, directory])
-                    files[slot] = OpenFile(topic, partition, directory, offset)
-            rows.append(row)
-            next_offsets[tp] = offset + 1
-            self.rows += 1
-            self.bytes += size
-            added += 1
-            if self.opened_at is None:
-                self.opened_at = now
-            # the size rules of flush_reason(), inlined: this runs once per record
-            if stop_on_rule and (
-                self.rows >= max_rows or self.bytes >= max_bytes or len(files) >= max_files
-            ):
-                break
-        for slot, rows in rows_of.items():
-            open_file = files[slot]
-            if len(rows) == rows[-1] - rows[0] + 1:  # contiguous: a zero-copy slice
-                piece = table.slice(rows[0], len(rows))
-            else:
-                piece = table.take(pa.array(rows, pa.int64()))
+                lengths = lengths.slice(0, count)
+                groups = group_rows(table, parts, self.partition_keys)
+        self._check_offsets_and_count_late(topic, parts, offs, groups)
+        files = self._files
+        first_offsets = offs.take(pa.array(groups.first_rows, pa.int64())).to_pylist()
+        for slot, first_offset in zip(groups.slots, first_offsets, strict=True):
+            if slot not in files:
+                directory = time_partition(slot[1])
+                if self.partition_keys:
+                    segments = [
+                        key_segment(k, v)
+                        for k, v in zip(self.partition_keys, slot[2:], strict=True)
+                    ]
+                    directory = "/".join([*segments, directory])
+                files[slot] = OpenFile(topic, slot[0], directory, first_offset)
+        for index, piece in groups.pieces(table):
+            open_file = files[groups.slots[index]]
             open_file.chunks.append(piece)
-            open_file.rows += len(rows)
-        return added
+            open_file.rows += piece.num_rows
+        self.invalid_time += groups.invalid
+        self.rows += count
+        self.bytes += pc.sum(lengths).as_py()
+        if self.opened_at is None:
+            self.opened_at = now
+        return count
+
+    def _last_row_before_rule(self, groups: RowGroups, lengths: pa.Int64Array) -> int:
+        """Index of the first row after which a size rule fires (the last row if none does):
+        the size rules of :meth:`flush_reason`, as if checked after every row."""
+        hints = self.hints
+        last = len(lengths) - 1
+        cut = min(last, max(0, hints.max_rows - self.rows - 1))
+        room = hints.max_bytes - self.bytes
+        totals = pc.cumulative_sum(lengths)
+        if totals[last].as_py() >= room:
+            cut = min(cut, pc.index(pc.greater_equal(totals, room), True).as_py())
+        files = self._files
+        open_files = len(files)
+        if open_files >= hints.max_open_partitions:
+            return 0
+        for slot, first_row in zip(groups.slots, groups.first_rows, strict=True):
+            if first_row > cut:
+                break
+            if slot not in files:
+                open_files += 1
+                if open_files >= hints.max_open_partitions:
+                    return first_row
+        return cut
+
+    def _check_offsets_and_count_late(
+        self, topic: str, parts: pa.Int64Array, offs: pa.Int64Array, groups: RowGroups
+    ) -> None:
+        """Per Kafka partition: offsets increase (from the batch's next offset), late rows
+        counted (event hour below the newest seen on the partition), newest hour kept."""
+        distinct = pc.unique(parts).to_pylist()
+        for partition in distinct:
+            tp = (topic, partition)
+            if len(distinct) == 1:
+                mine, hours, valid = offs, groups.hours, groups.valid
+            else:
+                mask = pc.equal(parts, partition)
+                mine, hours = offs.filter(mask), groups.hours.filter(mask)
+                valid = None if groups.valid is None else groups.valid.filter(mask)
+            first = mine[0].as_py()
+            expected = self._next_offsets.get(tp)
+            if expected is not None and first < expected:
+                _offset_error(topic, partition, first, expected - 1)
+            if len(mine) > 1:
+                steps = pc.pairwise_diff(mine)  # steps[i] = mine[i] - mine[i - 1]; null first
+                if pc.min(steps).as_py() <= 0:
+                    at = pc.index(pc.less_equal(steps, 0), True).as_py()
+                    _offset_error(topic, partition, mine[at].as_py(), mine[at - 1].as_py())
+            self._next_offsets[tp] = mine[-1].as_py() + 1
+            if valid is not None:
+                hours = hours.filter(valid)
+            if len(hours) == 0:
+                continue
+            newest = self._newest_hour.get(tp)
+            floor = -1 if newest is None else newest - FIRST_VALID_HOUR
+            running = pc.cumulative_max(hours)
+            before = pc.max_element_wise(
+                pa.concat_arrays([pa.array([floor], pa.int64()), running.slice(0, len(hours) - 1)]),
+                floor,
+            )
+            self.late += pc.sum(pc.less(hours, before)).as_py()
+            self._newest_hour[tp] = max(floor, running[-1].as_py()) + FIRST_VALID_HOUR
 
     def flush_reason(self, now: float | None = None) -> FlushReason | None:
         """The one rotation rule: why the batch must be flushed now, or None.
@@ -304,3 +354,144 @@ class SinkBatch:
         self.rows = 0
         self.bytes = 0
         self.opened_at = None
+
+
+# --------------------------------------------------------------------------- grouping
+
+
+@dataclass(frozen=True)
+class RowGroups:
+    """The rows of one call grouped into open files (slots), in order of first appearance."""
+
+    slots: list[tuple[Any, ...]]
+    """Per slot: ``(Kafka partition, event hour or INVALID_HOUR, *partition key values)``."""
+    first_rows: list[int]
+    """Per slot, the row where it first appears (ascending)."""
+    hours: pa.Int64Array
+    """Per row, the event hour counted from ``FIRST_VALID_HOUR`` (invalid rows: past the end)."""
+    valid: pa.BooleanArray | None
+    """Per row, whether ``occurred_at`` lies in years 1..9999; None when all do."""
+    invalid: int
+    runs: list[tuple[int, int, int]] | None
+    """``(start, length, slot)`` of each run of rows in one slot, when they are few."""
+    order: pa.Int64Array | None
+    """Otherwise the rows sorted by slot (stable), with ``counts`` rows per slot."""
+    counts: list[int]
+
+    def pieces(self, table: pa.Table) -> Iterator[tuple[int, pa.Table]]:
+        """``(slot, rows)`` in row order per slot: zero-copy slices of runs, or one ``take``."""
+        if self.runs is not None:
+            for start, length, slot in self.runs:
+                yield slot, table.slice(start, length)
+            return
+        assert self.order is not None
+        ordered = table.take(self.order)
+        start = 0
+        for slot, length in enumerate(self.counts):
+            yield slot, ordered.slice(start, length)
+            start += length
+
+
+def group_rows(table: pa.Table, partitions: pa.Int64Array, keys: Sequence[str]) -> RowGroups:
+    """Assign every row to its slot (Kafka partition, event hour, key values), vectorized.
+
+    The event hour is ``occurred_at`` floor-divided by an hour, counted from year 1 so that
+    it is never negative; rows outside years 1..9999 get one hour past the end. Partition and
+    hour make one int64 code; each partition key's dictionary index is folded in by
+    re-encoding. ``dictionary_encode`` numbers the slots in order of first appearance.
+    """
+    count = table.num_rows
+    occurred = _column(table, "occurred_at").view(pa.int64())
+    bounds = pc.min_max(occurred)
+    valid: pa.BooleanArray | None = None
+    invalid = 0
+    if bounds["min"].as_py() >= _FIRST_MICROS and bounds["max"].as_py() < _END_MICROS:
+        hours = pc.divide(pc.subtract(occurred, _FIRST_MICROS), MICROS_PER_HOUR)
+    else:
+        valid = pc.and_(pc.greater_equal(occurred, _FIRST_MICROS), pc.less(occurred, _END_MICROS))
+        clamped = pc.if_else(valid, occurred, _FIRST_MICROS)
+        hours = pc.if_else(
+            valid,
+            pc.divide(pc.subtract(clamped, _FIRST_MICROS), MICROS_PER_HOUR),
+            _INVALID_SPAN,
+        )
+        invalid = count - pc.sum(valid).as_py()
+    encoded = pc.dictionary_encode(pc.add(pc.multiply(partitions, _SLOT_STRIDE), hours))
+    key_columns = []
+    for key in keys:
+        column = pc.fill_null(_column(table, key), "")  # "" and null share HIVE_NULL
+        key_columns.append(column)
+        by_key = pc.dictionary_encode(column)
+        encoded = pc.dictionary_encode(
+            pc.add(
+                pc.multiply(encoded.indices.cast(pa.int64()), len(by_key.dictionary)),
+                by_key.indices.cast(pa.int64()),
+            )
+        )
+    slot_of_row = encoded.indices
+    slot_count = len(encoded.dictionary)
+    runs: list[tuple[int, int, int]] | None = None
+    order: pa.Int64Array | None = None
+    counts: list[int] = []
+    if count > 1:
+        changes = pc.indices_nonzero(
+            pc.not_equal(slot_of_row.slice(1), slot_of_row.slice(0, count - 1))
+        )
+    else:
+        changes = pa.array([], pa.uint64())
+    if _MAX_RUNS and len(changes) < max(_MAX_RUNS, count // 16):
+        starts = [0, *(pc.add(changes, 1).to_pylist())]
+        run_slots = slot_of_row.take(pa.array(starts, pa.int64())).to_pylist()
+        ends = [*starts[1:], count]
+        runs = [
+            (start, end - start, slot)
+            for start, end, slot in zip(starts, ends, run_slots, strict=True)
+        ]
+        first_rows = [-1] * slot_count
+        for start, _, slot in runs:
+            if first_rows[slot] < 0:
+                first_rows[slot] = start
+    else:
+        order = pc.sort_indices(slot_of_row)  # stable: row order within a slot
+        tally = pc.value_counts(slot_of_row)
+        counts = [0] * slot_count
+        for slot, rows in zip(
+            tally.field("values").to_pylist(), tally.field("counts").to_pylist(), strict=True
+        ):
+            counts[slot] = rows
+        offsets = [0] * slot_count
+        for slot in range(1, slot_count):
+            offsets[slot] = offsets[slot - 1] + counts[slot - 1]
+        first_rows = order.take(pa.array(offsets, pa.int64())).to_pylist()
+    at = pa.array(first_rows, pa.int64())
+    slot_parts = partitions.take(at).to_pylist()
+    slot_hours = [
+        INVALID_HOUR if hour == _INVALID_SPAN else hour + FIRST_VALID_HOUR
+        for hour in hours.take(at).to_pylist()
+    ]
+    slot_keys = [[value or None for value in column.take(at).to_pylist()] for column in key_columns]
+    slots = [
+        (partition, hour, *(values[slot] for values in slot_keys))
+        for slot, (partition, hour) in enumerate(zip(slot_parts, slot_hours, strict=True))
+    ]
+    return RowGroups(slots, first_rows, hours, valid, invalid, runs, order, counts)
+
+
+def _column(table: pa.Table, name: str) -> pa.Array:
+    column = table.column(name)
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
+def _int64s(values: Sequence[int] | pa.Array) -> pa.Int64Array:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.Array):
+        return values if values.type == pa.int64() else values.cast(pa.int64())
+    return pa.array(values, pa.int64())
+
+
+def _offset_error(topic: str, partition: int, offset: int, previous: int) -> NoReturn:
+    raise ValueError(
+        f"{topic}[{partition}]: offset {offset} after {previous} in one batch; "
+        "a batch must be a contiguous range from the committed offset"
+    )

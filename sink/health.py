@@ -1,4 +1,8 @@
-"""Lake write health: healthy → degraded → healthy, one log line per change, with backoff."""
+"""Lake write health: healthy → degraded → healthy, one log line per change, with backoff.
+
+While degraded, a reminder (``lake still unavailable``) is logged at most once per
+``remind_every`` seconds, so a long outage neither floods the log nor goes silent.
+"""
 
 from __future__ import annotations
 
@@ -37,16 +41,32 @@ class LakeHealth:
     state: LakeState = LakeState.HEALTHY
     failures: int = 0
     degraded_since: float | None = None
+    remind_every: float = 60.0
+    _reminded_at: float = 0.0
 
     def failed(self, error: Exception, now: float, where: str) -> float:
         """Record a failed attempt; returns the seconds to wait before the next one."""
         self.failures += 1
         if self.state is LakeState.HEALTHY:
             self.state = LakeState.DEGRADED
-            self.degraded_since = now
+            self.degraded_since = self._reminded_at = now
             log.warning(
                 "lake unavailable, holding offsets and retrying",
                 extra={"state": "degraded", "where": where, "error": str(error)},
+            )
+        elif now - self._reminded_at >= self.remind_every:
+            self._reminded_at = now
+            log.warning(
+                "lake still unavailable, retrying",
+                extra={
+                    "state": "degraded",
+                    "where": where,
+                    "failed_attempts": self.failures,
+                    "outage_seconds": round(
+                        now - (now if self.degraded_since is None else self.degraded_since), 1
+                    ),
+                    "error": str(error),
+                },
             )
         return self.backoff.delay(self.failures)
 
@@ -58,7 +78,9 @@ class LakeHealth:
                 extra={
                     "state": "recovered",
                     "failed_attempts": self.failures,
-                    "outage_seconds": round(now - (self.degraded_since or now), 1),
+                    "outage_seconds": round(
+                        now - (now if self.degraded_since is None else self.degraded_since), 1
+                    ),
                 },
             )
         self.state = LakeState.HEALTHY

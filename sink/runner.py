@@ -13,7 +13,8 @@ The I/O shell around :class:`sink.batch.SinkBatch`:
    starts at the committed offsets.
 3. Lake down: the write is retried with backoff (after botocore's own retries), the assigned
    partitions are paused, ``poll()`` keeps the group membership alive, nothing is committed;
-   one log line when degraded, one when recovered.
+   the lake is probed about once a second and the backoff ends as soon as it answers again;
+   one log line when degraded, a reminder at most once a minute, one when recovered.
 4. Rebalance (eager): on revoke the write in flight is awaited (and committed if it landed;
    no write may outlive our ownership), every other uncommitted record is dropped; the new
    owner (maybe us) starts at the committed offset, so the replay writes the same names.
@@ -34,9 +35,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
+from confluent_kafka import Message
 
 from hosepipe.avro import AvroDecoder, SerdeError, make_decoder
-from hosepipe.avro_arrow import ArrowBatchDecoder, FastPathError
+from hosepipe.avro_arrow import ArrowBatchDecoder, FastPathError, values_array
 from hosepipe.kafka import make_consumer, make_producer
 from hosepipe.lake import (
     INVALID_TIME_PARTITION,
@@ -53,7 +56,7 @@ from sink.metrics import SinkMetrics
 from sink.writer import PlanWriter, WrittenFile
 
 if TYPE_CHECKING:
-    from confluent_kafka import Consumer, Message, Producer, TopicPartition
+    from confluent_kafka import Consumer, Producer, TopicPartition
 
     from hosepipe.config import PipelineConfig
     from hosepipe.settings import Settings
@@ -61,7 +64,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL_MESSAGES = 10_000
-"""Messages per ``consume()`` call: large batches keep the per-call cost small."""
+"""Messages per ``consume()`` call: large batches keep the per-call cost small (25,000 and
+50,000 decode cheaper per row but cost more inside ``consume()`` and 60-90 MB of memory)."""
+PROBE_INTERVAL = 1.0
+"""Seconds between lake probes while a write is being retried."""
 
 
 @dataclass
@@ -114,6 +120,10 @@ class SinkRunner:
                 "partition.assignment.strategy": "range",
                 # bounds librdkafka's prefetch queue, part of the sink's memory
                 "queued.max.messages.kbytes": 32 * 1024,
+                # once that queue is full, librdkafka stops fetching a partition for this
+                # long (default 1 s): the sink drains 10,000 messages per poll, so the fetch
+                # pipeline stalled and it ran at ~125k rows/s instead of ~180k+ (bench/sink.py)
+                "fetch.queue.backoff.ms": 20,
                 **(consumer_overrides or {}),
             },
         )
@@ -125,6 +135,8 @@ class SinkRunner:
         self._late_reported = 0
         self._invalid_reported = 0
         self._dlq_pending = 0
+        self._first_records = True
+        """Log the first records after each assignment (how long start-up and join took)."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -196,24 +208,30 @@ class SinkRunner:
                 if error.fatal():
                     raise RuntimeError(f"consuming {self.topic}: {error}")
                 log.warning("consumer error", extra={"topic": self.topic, "error": str(error)})
-        values = [m.value() or b"" for m in good]
+        values = values_array(list(map(Message.value, good)))  # one copy of the poll's bytes
         table, kept = self._decode(good, values)
-        if len(kept) < len(good):
+        sizes = pc.fill_null(pc.binary_length(values), 0)  # Avro bytes per record
+        if kept is not None:
             good = [good[i] for i in kept]
-            values = [values[i] for i in kept]
-        partitions = [m.partition() for m in good]
-        offsets = [m.offset() for m in good]
-        sizes = [len(v) for v in values]
+            sizes = sizes.take(pa.array(kept, pa.int64()))
+        partitions = pa.array(list(map(Message.partition, good)), pa.int64())
+        offsets = pa.array(list(map(Message.offset, good)), pa.int64())
+        if self._first_records and good:
+            self._first_records = False
+            log.info(
+                "first records consumed",
+                extra={"topic": self.topic, "records": len(good)},
+            )
         start = 0
         while start < len(good):
             if generation != self._generation:
                 return  # revoked meanwhile: the rest belongs to the next owner
             start += self.batch.add_table(
                 self.topic,
-                partitions[start:],
-                offsets[start:],
+                partitions.slice(start),
+                offsets.slice(start),
                 table.slice(start),
-                sizes[start:],
+                sizes.slice(start),
                 now,
             )
             reason = self.batch.flush_reason()
@@ -221,20 +239,24 @@ class SinkRunner:
                 self._flush(reason)
         self._report_counts()
 
-    def _decode(self, good: list[Message], values: list[bytes]) -> tuple[pa.Table, list[int]]:
-        """The canonical table of a poll and, per row, the index of its message in ``good``.
+    def _decode(
+        self, good: list[Message], values: pa.LargeBinaryArray
+    ) -> tuple[pa.Table, list[int] | None]:
+        """The canonical table of a poll and, per row, the index of its message in ``good``
+        (None: every message, in order).
 
         Column-wise first (:mod:`hosepipe.avro_arrow`); a poll holding other writer schemas
         or a bad record is decoded record by record, bad records going to the DLQ.
         """
         if self.fast_decoder.available:
             try:
-                table = self.fast_decoder.decode(values)
-                return table.cast(self.schema), list(range(len(values)))
+                return self.fast_decoder.decode(values).cast(self.schema), None
             except FastPathError:
                 pass
         try:
-            events: list[dict[str, Any] | None] = list(self.decoder.decode_many(values))
+            events: list[dict[str, Any] | None] = list(
+                self.decoder.decode_many([v or b"" for v in values.to_pylist()])
+            )
         except SerdeError:
             events = [self._decode_one(m) for m in good]
         kept = [i for i, event in enumerate(events) if event is not None]
@@ -353,7 +375,7 @@ class SinkRunner:
                         extra={"rows": plan.rows, "error": str(exc)},
                     )
                     return None
-                self._wait(delay)
+                self._wait(delay, probe=True)
                 if inflight.generation != self._generation:
                     return None  # revoked while waiting; the plan was dropped
         self.health.succeeded(self.clock())
@@ -367,15 +389,31 @@ class SinkRunner:
                 raise RuntimeError(f"{remaining} DLQ record(s) not acknowledged")
             self._dlq_pending = 0
 
-    def _wait(self, seconds: float) -> None:
-        """Wait while serving the group: partitions paused, poll() keeps membership alive."""
+    def _wait(self, seconds: float, *, probe: bool = False) -> None:
+        """Wait while serving the group: partitions paused, poll() keeps membership alive.
+
+        With ``probe`` the lake is probed (one quick write, no retries) about once a second,
+        and the wait ends as soon as a probe succeeds after one failed: the lake is back, so
+        the batch is retried at once instead of after the rest of the backoff.
+        """
         assignment = self.consumer.assignment()
         if assignment:
             self.consumer.pause(assignment)
         deadline = self.clock() + seconds
         generation = self._generation
+        seen_down = False
+        next_probe = self.clock()
         try:
             while self.clock() < deadline and not self.stopping:
+                if probe and self.clock() >= next_probe:
+                    try:
+                        self.store.probe()
+                    except Exception:
+                        seen_down = True
+                    else:
+                        if seen_down:
+                            return
+                    next_probe = self.clock() + PROBE_INTERVAL
                 message = self.consumer.poll(min(0.2, max(0.0, deadline - self.clock())))
                 if generation != self._generation:
                     return
@@ -454,6 +492,7 @@ class SinkRunner:
     # ------------------------------------------------------------------ rebalance
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._first_records = True
         log.info(
             "partitions assigned",
             extra={"topic": self.topic, "partitions": [p.partition for p in partitions]},
@@ -487,6 +526,24 @@ class SinkRunner:
         )
 
 
+def tune_garbage_collector() -> None:
+    """Keep Python's cyclic collector off the per-message path (sink processes only).
+
+    Every consumed message is a GC-tracked object, 10,000 per poll. With the default
+    thresholds the collector ran ~1,300 times per million messages, including full passes
+    over every object of the process (boto3, pyarrow, pydantic): 0.7 µs of CPU per message,
+    a fifth of the main thread (``bench/sink.py``; 0.05 µs after this). Objects made during
+    start-up are frozen out of collections, and young collections wait for 50,000 net new
+    tracked objects: messages are freed by reference counting, so cyclic garbage, which
+    does count, still triggers a collection and stays bounded.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 def run_sink(settings: Settings, pipeline: PipelineConfig) -> None:
     """Run a sink until SIGINT/SIGTERM, with the metrics endpoint when configured."""
     import signal
@@ -494,6 +551,7 @@ def run_sink(settings: Settings, pipeline: PipelineConfig) -> None:
     from hosepipe.observability import serve_metrics
 
     runner = SinkRunner(settings, pipeline)
+    tune_garbage_collector()
     server = None
     if settings.metrics_port:
         server = serve_metrics(settings.bind_host, settings.metrics_port, runner.health_check)

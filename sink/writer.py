@@ -42,15 +42,22 @@ class PlanWriter:
 
         Returns every written file of the plan; raises the first error once all attempts of
         this round have finished, so no write is still running when the caller goes on.
+        After a failure the files not yet started are not started (the lake is likely down:
+        each would go through all its retries first); the next round writes them.
         """
         todo = [f for f in plan.files if f.key not in done]
         futures = [self._pool.submit(self.write_file, f) for f in todo]
         error: BaseException | None = None
         for future in futures:
+            if future.cancelled():
+                continue
             try:
                 written = future.result()
             except BaseException as exc:
-                error = error or exc
+                if error is None:
+                    error = exc
+                    for pending in futures:
+                        pending.cancel()  # only those not started yet
                 continue
             done[written.key] = written
         if error is not None:

@@ -126,3 +126,35 @@ def test_nulls_and_values_of_a_union_keep_their_rows() -> None:
     table = FAST.decode(ENCODER.encode_many(rows))
     assert table.column("subject").to_pylist() == [r["subject"] for r in rows]
     assert table.column("event_id").to_pylist() == [r["event_id"] for r in rows]
+
+
+def test_eight_byte_timestamps_are_read_as_words_and_mixed_lengths_fall_back() -> None:
+    """Microsecond timestamps of this era are 8-byte varints (the 64-bit word path); a batch
+    whose first value is 8 bytes long but another is not takes the byte-by-byte path."""
+    now = 1_763_791_200_000_000
+    eight = [now, -now, now + 12_345, 2**48, 2**55 - 1, -(2**55)]
+    batch = [{**base_event(), "occurred_at": t, "ingested_at": t + 1} for t in eight]
+    values = ENCODER.encode_many(batch)
+    assert as_dicts(FAST.decode(values)) == DECODER.decode_many(values)
+    mixed = ENCODER.encode_many([*batch, {**base_event(), "occurred_at": 5}, batch[0]])
+    assert as_dicts(FAST.decode(mixed)) == DECODER.decode_many(mixed)
+
+
+@pytest.mark.parametrize("entries", [1, 2, 3])
+def test_maps_with_the_same_number_of_entries_keep_record_order(entries: int) -> None:
+    batch = [
+        {**base_event(), "attributes": {f"k{j}-{n}": f"v{j}-{n}" for j in range(entries)}}
+        for n in range(7)
+    ]
+    values = ENCODER.encode_many(batch)
+    assert as_dicts(FAST.decode(values)) == DECODER.decode_many(values)
+
+
+def test_an_arrow_array_of_values_is_decoded_without_a_copy_of_the_list() -> None:
+    import pyarrow as pa
+
+    values = ENCODER.encode_many([base_event(), {**base_event(), "event_id": "e2"}])
+    array = pa.array([b"junk", *values], pa.large_binary()).slice(1)  # offset is handled
+    assert as_dicts(FAST.decode(array)) == DECODER.decode_many(values)
+    with pytest.raises(FastPathError):
+        FAST.decode(pa.array([values[0], None], pa.large_binary()))

@@ -80,7 +80,9 @@ def test_s3_outage_holds_offsets_then_catches_up(
         }
     )
     own = Settings(**{**own.model_dump(), "s3_secret_access_key": s3.secret_key, "_env_file": None})
-    pipeline = canonical(max_rows=100, max_age="0.3s", s3_max_attempts=2, retry_max_backoff="1s")
+    # the default backoff cap (30 s): after a 12 s outage the next batch retry would be up
+    # to ~16 s away; the probe (about once a second) resumes the sink as soon as S3 is back
+    pipeline = canonical(max_rows=100, max_age="0.3s", s3_max_attempts=2)
     caplog.set_level("WARNING", logger="sink.health")
     running = run_sink_thread(own, pipeline)
     health = serve_metrics("127.0.0.1", 0, running.runner.health_check, CollectorRegistry())
@@ -90,11 +92,14 @@ def test_s3_outage_holds_offsets_then_catches_up(
         assert _healthz(health.port) == 200
         s3.stop()
         kit.produce(own, pipeline.topics.canonical, kit.make_events(500, start=300))
-        time.sleep(6)
+        time.sleep(12)
         assert kit.committed_total(own, pipeline) == 300  # nothing committed while down
         assert _healthz(health.port) == 503
         s3 = start_s3(tmp_path / "s3", port, "sink-outage", "sink-outage-secret", ["lake"])
+        back = time.monotonic()
         kit.wait_committed(own, pipeline, 800, timeout=90)
+        caught_up = time.monotonic() - back
+        assert caught_up < 8, f"caught up {caught_up:.1f} s after S3 came back"
         assert _healthz(health.port) == 200
     finally:
         health.stop()

@@ -9,7 +9,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hosepipe import lake
@@ -42,6 +42,7 @@ def test_partition_path_and_keys() -> None:
         lake.check_partition_keys(["payload"])
 
 
+@settings(deadline=None)  # a shared 2-core machine can stall one example past 200 ms
 @given(st.integers(min_value=-(6 * 10**16), max_value=253_402_300_799_999_999))
 def test_partition_path_matches_datetime(micros: int) -> None:
     when = datetime.fromtimestamp(micros // 1_000_000, tz=UTC)
@@ -180,3 +181,13 @@ def test_location_parsing() -> None:
     assert lake.LakeLocation.parse("file:///srv/lake").path("x") == "/srv/lake/x"
     with pytest.raises(lake.LakeError, match="no bucket"):
         lake.LakeLocation.parse("s3:///x")
+
+
+def test_local_probe_creates_the_lake_directory_and_fails_on_a_file(tmp_path: Path) -> None:
+    store = lake.LocalLakeStore(lake.LakeLocation.parse((tmp_path / "lake").as_uri()))
+    store.probe()
+    assert (tmp_path / "lake").is_dir()
+    (tmp_path / "file").write_text("x")
+    blocked = lake.LocalLakeStore(lake.LakeLocation.parse((tmp_path / "file" / "lake").as_uri()))
+    with pytest.raises(lake.LakeError):
+        blocked.probe()
