@@ -618,6 +618,15 @@ def start_postgres(
         "unix_socket_directories=",
         "-c",
         "max_connections=200",
+        # The selector loads in bulk: room for more WAL between checkpoints (after each one
+        # the next change of every page logs a full page image again, more WAL and CPU), and
+        # shared buffers that hold the hot indexes of a laptop-sized events table.
+        "-c",
+        "max_wal_size=4GB",
+        "-c",
+        "checkpoint_timeout=15min",
+        "-c",
+        "shared_buffers=256MB",
     ]
     if not durable:
         argv += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
