@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 
 from hosepipe.config import PipelineConfig
+from hosepipe.runtime import settle_garbage_collector
 from hosepipe.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -67,24 +67,8 @@ def serve(settings: Settings, pipeline: PipelineConfig, schema_timeout: float = 
         ws_max_size=1 << 20,
         timeout_graceful_shutdown=5,
     )
-    settle_garbage_collector()
+    # Frozen start-up objects: unfrozen, full collections took 50-100 ms under load about
+    # once a second and made the latency tail (p95 about three times p50). A page request
+    # allocates thousands of short-lived objects: young collections every 10,000.
+    settle_garbage_collector(10_000)
     uvicorn.Server(config).run()
-
-
-YOUNG_THRESHOLD = 10_000
-"""Allocations between young collections (CPython's default is 700)."""
-
-
-def settle_garbage_collector() -> None:
-    """Keep the garbage collector off the request path as far as it can be.
-
-    Everything built at start (modules, the schema, the app; ~130k objects) lives as long as
-    the process. Frozen, full collections no longer walk it: unfrozen, each one took 50-100 ms
-    under load, about once a second, and those pauses made the latency tail (p95 about three
-    times p50). A page request allocates thousands of short-lived objects; a larger young
-    generation collects them less often (the young collections' time about halved).
-    """
-    gc.collect()
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(YOUNG_THRESHOLD, older, oldest)

@@ -258,10 +258,10 @@ class Stack:
         if done.returncode:
             raise SystemExit(f"hosepipe {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
 
-    def start(self, name: str) -> None:
+    def start(self, name: str, extra: tuple[str, ...] = ()) -> None:
         log = (self.work / f"{name}.log").open("ab")
         self.children[name] = subprocess.Popen(
-            [sys.executable, "-m", "hosepipe", *COMPONENTS[name]],
+            [sys.executable, "-m", "hosepipe", *COMPONENTS[name.split("-")[0]], *extra],
             env=self.env(),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -708,6 +708,12 @@ def main() -> None:
         metavar="SECTION.KEY=VALUE",
         help="override any key of --config (YAML value), e.g. streams.batch_size=10000",
     )
+    parser.add_argument(
+        "--selector-shards",
+        type=int,
+        default=1,
+        help="run n `select --follow --shard i/n` processes instead of one",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, data)")
     args = parser.parse_args()
@@ -735,7 +741,11 @@ def main() -> None:
         print(f"ceilings: produce {produce_rate:,.0f}/s, consume {consume_rate:,.0f}/s", flush=True)
 
         for name in COMPONENTS:
-            stack.start(name)
+            if name == "select" and args.selector_shards > 1:
+                for shard in range(args.selector_shards):
+                    stack.start(f"select-{shard}", ("--shard", f"{shard}/{args.selector_shards}"))
+            else:
+                stack.start(name)
         resources.pids = {
             **{name: p.pid for name, p in stack.children.items()},
             **{name: s.server.pid for name, s in stack.servers.items()},
@@ -753,11 +763,13 @@ def main() -> None:
         resources.sample()
         loads[1] = load_average()
         report(args, (produce_rate, consume_rate), warm, thr, lat, resources, (loads[0], loads[1]))
-        passes, files, rows, busy = selector_passes(work / "select.log")
-        print(
-            f"selector over the whole run: {passes} passes, {files:,} files, {rows:,} events "
-            f"rows, {busy:.1f} s inside passes ({rows / busy if busy else 0:,.0f} rows/s)"
-        )
+        for log_file in sorted(work.glob("select*.log")):
+            passes, files, rows, busy = selector_passes(log_file)
+            print(
+                f"{log_file.stem} over the whole run: {passes} passes, {files:,} files, "
+                f"{rows:,} events rows, {busy:.1f} s inside passes "
+                f"({rows / busy if busy else 0:,.0f} rows/s)"
+            )
     finally:
         resources.stop.set()
         stack.stop()

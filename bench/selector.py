@@ -202,6 +202,7 @@ def run_variant(
 
     from hosepipe.config import PipelineConfig
     from hosepipe.db import sync_engine
+    from hosepipe.runtime import settle_garbage_collector
     from selector.lakefiles import Lake
     from selector.runner import RunOptions, Selector
     from selector.schema import upgrade
@@ -232,6 +233,7 @@ def run_variant(
     engine = sync_engine(settings)
     upgrade(engine, pipeline.selection)
     lake_view = Lake.open(settings, ["source"])
+    settle_garbage_collector(100_000, 50, 100)  # as `hosepipe select` does
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu_before = usage.ru_utime + usage.ru_stime
     started = time.perf_counter()

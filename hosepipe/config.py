@@ -502,7 +502,13 @@ class SelectionConfig(Strict):
 
     load_all_events: bool = Field(True, description="Load every event into table 'events'.")
     rules: list[SelectionRule] = Field(default_factory=list)
-    follow_interval: Duration = Field(timedelta(seconds=5), description="select --follow period.")
+    follow_interval: Duration = Field(
+        timedelta(seconds=5),
+        description=(
+            "select --follow: pause after a pass that found no new files (a pass that loaded"
+            " files is followed by the next at once)."
+        ),
+    )
     batch_rows: int = Field(50_000, ge=100, description="Rows per upsert batch.")
 
     @field_validator("rules")

@@ -17,7 +17,6 @@ it holds: one COPY stream, one checkpoint statement, one NOTIFY.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import re
@@ -38,7 +37,8 @@ from sqlalchemy import Engine, Table, text
 from hosepipe.config import SelectionConfig
 from hosepipe.db import NOTIFY_CHANNEL, LoadNotice, rule_tables
 from selector.plan import Checkpoint, LakeFile, Shard
-from selector.projection import CompiledRule, RuleOutput, apply_rule, micros_to_datetime
+from selector.projection import CompiledRule, micros_to_datetime
+from selector.rule_columns import RuleRows, column_names, project_table
 from selector.screen import escape_nul, unstorable_rows
 
 log = logging.getLogger(__name__)
@@ -209,22 +209,26 @@ def csv_events(table: pa.Table) -> bytes:
     return b"".join(csv_chunks(table))
 
 
-def csv_chunks(table: pa.Table, rows: int = CSV_CHUNK_ROWS) -> Iterator[bytes]:
-    """CSV of ``table`` in chunks of ``rows``, so COPY streams while the next is made.
+def csv_chunks(
+    table: pa.Table, rows: int = CSV_CHUNK_ROWS, names: Sequence[str] = EVENT_COLUMNS
+) -> Iterator[bytes]:
+    """CSV of the ``names`` columns of ``table`` in chunks of ``rows``, so COPY streams while
+    the next is made.
 
-    The attributes' JSON and the timestamps' text are made once for the whole table (each
-    kernel runs once, and searches each buffer once), then written chunk by chunk.
+    Map columns (the attributes) become JSON objects and timestamps text, each made once for
+    the whole table (each kernel runs once, and searches each buffer once), then written
+    chunk by chunk.
     """
     columns = []
-    for name in EVENT_COLUMNS:
+    for name in names:
         column = table[name]
-        if name == "attributes":
+        if pa.types.is_map(column.type):
             column = attributes_json(column)
-        elif name in ("occurred_at", "ingested_at"):
+        elif pa.types.is_timestamp(column.type):
             text = timestamp_text(column.combine_chunks())
             column = column if text is None else text
         columns.append(column)
-    for batch in pa.table(columns, names=list(EVENT_COLUMNS)).to_batches(max_chunksize=rows):
+    for batch in pa.table(columns, names=list(names)).to_batches(max_chunksize=rows):
         sink = io.BytesIO()
         pacsv.write_csv(batch, sink, _CSV)
         yield sink.getvalue()
@@ -282,7 +286,7 @@ class RuleBatch:
 
     rule: CompiledRule
     table: Table
-    output: RuleOutput = field(default_factory=lambda: RuleOutput({}, []))
+    rows: RuleRows | None = None  # a rule with columns: its typed rows
     rejected: list[tuple[str | None, list[tuple[str, str, dict[str, Any]]]]] = field(
         default_factory=list
     )
@@ -514,7 +518,7 @@ class Loader:
                         origins, [row for row, ok in zip(rows, mask, strict=True) if ok]
                     )
                 continue
-            output = apply_rule(rule, event_dicts(picked, rule.fields))
+            output = project_table(rule, picked, event_dicts)
             if output.rejected:
                 # Rejected rows are recorded whole: convert just those in full.
                 ids = pa.array([event_id for event_id, _, _ in output.rejected], pa.string())
@@ -533,7 +537,7 @@ class Loader:
                         (event_id, reason, full.get(event_id, event))
                     )
                 batch.rejected.extend(by_file.items())
-            batch.output = output
+            batch.rows = output
         return batches
 
     def _write_rules(
@@ -555,7 +559,7 @@ class Loader:
                 continue
             for file, rejected in batch.rejected:
                 self._reject(cur, batch.rule.name, rejected, file, result)
-            result.tables[name] = self._merge_rule_rows(cur, batch.rule, batch.table, batch.output)
+            result.tables[name] = self._merge_rule_rows(cur, batch.rule, batch.table, batch.rows)
 
     @staticmethod
     def _matching(rule: CompiledRule, table: pa.Table) -> list[bool]:
@@ -570,12 +574,11 @@ class Loader:
         return mask
 
     def _merge_rule_rows(
-        self, cur: psycopg.Cursor[Any], rule: CompiledRule, table: Table, output: RuleOutput
+        self, cur: psycopg.Cursor[Any], rule: CompiledRule, table: Table, rows: RuleRows | None
     ) -> int:
-        if not output.rows:
+        if rows is None or not rows.table.num_rows:
             return 0
-        names = [name for name, _, _ in rule.columns] + ["_event_id", "_occurred_at"]
-        jsonb = {name for name, _, spec in rule.columns if spec.type == "jsonb"}
+        names = column_names(rule)
         quoted = ", ".join(f'"{n}"' for n in names)
         temp = f'"_hp_rule_{table.name}"'
         cur.execute(
@@ -583,15 +586,10 @@ class Loader:
             " ON COMMIT DROP"
         )
         cur.execute(f"TRUNCATE {temp}")
-        rows = list(output.rows.items())
-        with contextlib.suppress(TypeError):  # mixed key types: any order is correct
-            # Key order: concurrent shards then lock shared keys in the same order.
-            rows.sort(key=lambda item: item[0])
-        with cur.copy(f"COPY {temp} ({quoted}) FROM STDIN") as copy:
-            for _, row in rows:
-                copy.write_row(
-                    [Jsonb(row[n]) if n in jsonb and row[n] is not None else row[n] for n in names]
-                )
+        # Rows come in key order: concurrent shards then lock shared keys in the same order.
+        with cur.copy(f"COPY {temp} ({quoted}) FROM STDIN (FORMAT csv)") as copy:
+            for chunk in csv_chunks(rows.table, names=names):
+                copy.write(chunk)
         key = ", ".join(f'"{k}"' for k in rule.key)
         updates = ", ".join(f'"{n}" = excluded."{n}"' for n in names if n not in rule.key)
         cur.execute(

@@ -185,6 +185,9 @@ class Selector:
     ) -> None:
         """Run every ``selection.follow_interval`` until ``stop``; failed runs are retried.
 
+        A pass that loaded files is followed by the next one at once (the lake may hold more
+        by then); only a pass that found nothing new waits the interval.
+
         Holds a session advisory lock per shard, so a second follower of the same shard waits
         instead of loading the same files twice; when PostgreSQL drops the lock's session
         (a restart), the follower takes the lock again before its next run. Failures are
@@ -218,11 +221,15 @@ class Selector:
             if not _alive(lock_conn):  # one round trip per pass: is the lock still ours?
                 raise _LockLost
             try:
-                self.run_once(stop)
+                summary = self.run_once(stop)
                 self.last_error = None
                 report = failures.succeeded(time.monotonic())
                 if report is not None:
                     log.info(report.message, extra={"shard": str(self.options.shard)})
+                if summary.files:
+                    # Files came in while this pass ran (it is catching up): look again at
+                    # once instead of idling an interval with the lake ahead of PostgreSQL.
+                    continue
             except Exception as exc:
                 self._failed(exc, failures, on_error)
             stop.wait(interval)

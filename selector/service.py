@@ -10,6 +10,7 @@ from types import FrameType
 from hosepipe.config import PipelineConfig
 from hosepipe.db import SchemaBehindError, sync_engine
 from hosepipe.observability import serve_metrics
+from hosepipe.runtime import settle_garbage_collector
 from hosepipe.settings import Settings
 from selector.lakefiles import Lake
 from selector.metrics import SelectorMetrics
@@ -42,6 +43,10 @@ def run_select(
     server = None
     if settings.metrics_port:
         server = serve_metrics(settings.bind_host, settings.metrics_port, selector.health)
+    # A pass holds a batch's rows as Python objects (parsed payloads, typed rule rows):
+    # with the default thresholds the collector walked them over and over, two thirds of
+    # the rule projection's cost.
+    settle_garbage_collector(100_000, 50, 100)
     stop = threading.Event()
 
     def on_signal(signum: int, _: FrameType | None) -> None:

@@ -50,6 +50,7 @@ from hosepipe.lake import (
     events_to_table,
     open_lake_store,
 )
+from hosepipe.runtime import settle_garbage_collector
 from sink.batch import BufferingHints, FlushPlan, FlushReason, SinkBatch
 from sink.health import Backoff, LakeHealth, LakeState
 from sink.metrics import SinkMetrics
@@ -526,24 +527,6 @@ class SinkRunner:
         )
 
 
-def tune_garbage_collector() -> None:
-    """Keep Python's cyclic collector off the per-message path (sink processes only).
-
-    Every consumed message is a GC-tracked object, 10,000 per poll. With the default
-    thresholds the collector ran ~1,300 times per million messages, including full passes
-    over every object of the process (boto3, pyarrow, pydantic): 0.7 µs of CPU per message,
-    a fifth of the main thread (``bench/sink.py``; 0.05 µs after this). Objects made during
-    start-up are frozen out of collections, and young collections wait for 50,000 net new
-    tracked objects: messages are freed by reference counting, so cyclic garbage, which
-    does count, still triggers a collection and stays bounded.
-    """
-    import gc
-
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
-
-
 def run_sink(settings: Settings, pipeline: PipelineConfig) -> None:
     """Run a sink until SIGINT/SIGTERM, with the metrics endpoint when configured."""
     import signal
@@ -551,7 +534,9 @@ def run_sink(settings: Settings, pipeline: PipelineConfig) -> None:
     from hosepipe.observability import serve_metrics
 
     runner = SinkRunner(settings, pipeline)
-    tune_garbage_collector()
+    # Every consumed message is a GC-tracked object, 10,000 per poll: with the default
+    # thresholds the collector cost 0.7 µs per message (0.05 after; bench/sink.py).
+    settle_garbage_collector(50_000, 20, 20)
     server = None
     if settings.metrics_port:
         server = serve_metrics(settings.bind_host, settings.metrics_port, runner.health_check)

@@ -29,7 +29,6 @@ by id); see docs/streams.md.
 
 from __future__ import annotations
 
-import gc
 import logging
 import signal
 import threading
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hosepipe.config import PipelineConfig
+from hosepipe.runtime import settle_garbage_collector
 from hosepipe.settings import Settings
 from streams.canonical_avro import fast_writer_for
 from streams.core import (
@@ -189,11 +189,7 @@ class KafkaRunner(EngineBase[RunnerOptions]):
         from hosepipe.avro import make_encoder
         from hosepipe.kafka import make_consumer, make_producer
 
-        # Batches allocate many short-lived dicts; CPython's default GC thresholds then run
-        # full collections over every long-lived object, which measured > 50 % of the
-        # per-event cost. Freeze what exists at start and collect young objects less often.
-        gc.freeze()
-        gc.set_threshold(100_000, 50, 100)
+        settle_garbage_collector(100_000, 50, 100)  # batches of many short-lived dicts
         self._ensure_internal_topics()
         self.encoder = make_encoder(self.settings, self.pipeline.topics.canonical)
         self._write_events = fast_writer_for(self.encoder)

@@ -136,3 +136,36 @@ def test_follow_takes_the_shard_lock_again_after_postgresql_dropped_its_sessions
         thread.join(timeout=10)
     assert not thread.is_alive()
     assert scalar(engine, advisory) == 0  # released on stop
+
+
+def test_follow_looks_again_at_once_after_a_pass_that_loaded_files(
+    make_event, selector_settings, write_pipeline, write_lake, engine
+):
+    # A long interval: only a pass that found nothing may wait it.
+    pipeline = write_pipeline(follow_interval="60s")
+    selector = selector_for(selector_settings, pipeline)
+    write_lake([make_event(i, hour=2) for i in range(10)])
+    passes: list[int] = []
+    real_run_once = selector.run_once
+
+    def run_once(stop: threading.Event | None = None) -> Any:
+        summary = real_run_once(stop)
+        passes.append(summary.files)
+        if len(passes) == 1:  # a file that landed while the first pass ran
+            write_lake([make_event(i, hour=3) for i in range(10, 20)], first_offset=5)
+        return summary
+
+    selector.run_once = run_once  # type: ignore[method-assign]
+    stop = threading.Event()
+    thread = threading.Thread(target=selector.follow, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while scalar(engine, "SELECT count(*) FROM events") < 20 or len(passes) < 3:
+            assert time.monotonic() < deadline, f"passes so far: {passes}"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert passes == [1, 1, 0]  # the pass that found nothing now waits its 60 s
+    finally:
+        stop.set()
+        thread.join(timeout=10)

@@ -170,10 +170,12 @@ def test_shards_do_not_overlap_and_cover_everything(
         assert all(Shard(index, 3).owns(path.rsplit("/", 1)[0]) for path in planned)
 
 
+@pytest.mark.parametrize("where", [True, False], ids=["per-row", "columnar"])
 def test_projections_produce_declared_types_and_rejects_bad_rows(
-    make_event, selector_settings, write_pipeline, write_lake, engine
+    make_event, selector_settings, write_pipeline, write_lake, engine, where
 ):
-    rule = {
+    # With a `where` predicate the rule runs per row; without, over Arrow columns.
+    rule: dict[str, Any] = {
         "name": "typed",
         "table": "typed_orders",
         "sources": ["orders"],
@@ -193,6 +195,8 @@ def test_projections_produce_declared_types_and_rejects_bad_rows(
         },
         "key": ["order_id"],
     }
+    if not where:
+        del rule["where"]
     pipeline = write_pipeline(rules=[rule])
     good = {
         "kind": "shop",
@@ -217,7 +221,7 @@ def test_projections_produce_declared_types_and_rejects_bad_rows(
     events.append(make_event(9, payload="{not json", event_id="t9"))
     write_lake(events)
     summary = selector_for(selector_settings, pipeline).run_once()
-    assert summary.rows["typed_orders"] == 1
+    assert summary.rows["typed_orders"] == (1 if where else 2)  # A4 is not "shop"
     assert summary.rejected == {"typed": 4, "events": 1}  # t9 breaks the rule as well
     # The events table gets every event whose payload is JSON.
     assert scalar(engine, "SELECT count(*) FROM events") == 5
@@ -233,7 +237,9 @@ def test_projections_produce_declared_types_and_rejects_bad_rows(
                 )
             ).all()
         )
-        row = conn.execute(text("SELECT * FROM typed_orders")).mappings().one()
+        row = (
+            conn.execute(text("SELECT * FROM typed_orders WHERE order_id = 'A1'")).mappings().one()
+        )
         rejected = dict(
             conn.execute(
                 text("SELECT event_id, reason FROM rejected_rows WHERE rule = 'typed'")
