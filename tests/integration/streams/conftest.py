@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -123,6 +124,33 @@ class Stage:
         from streams.dlq import read_topic
 
         return list(read_topic(self.settings, self.dlq))
+
+    def stats(self) -> Any:
+        """The workers' merged counters of this source (None before the stats topic exists)."""
+        from streams.dlq import read_topic
+        from streams.metrics import merge_snapshots, stats_topic
+
+        group = self.pipeline.streams.consumer_group
+        try:
+            snapshots = [
+                e.value or b""
+                for e in read_topic(self.settings, stats_topic(group), snapshot_end=True)
+            ]
+        except RuntimeError:  # the worker has not created its stats topic yet
+            return None
+        return merge_snapshots(snapshots).get(self.source)
+
+    @staticmethod
+    def wait_for(condition: Callable[[], Any], timeout: float = 90.0, what: str = "") -> Any:
+        """Poll ``condition`` every 0.5 s until it is truthy (its value) or ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = condition()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            time.sleep(0.5)
 
     def worker_env(self, data_dir: Path) -> dict[str, str]:
         return {

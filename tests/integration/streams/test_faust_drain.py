@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 import yaml
-
-from streams.metrics import merge_snapshots, stats_topic
 
 pytestmark = pytest.mark.integration
 
@@ -27,31 +24,6 @@ pytestmark = pytest.mark.integration
 def engine() -> str:
     """Only the faust engine (overrides the conftest's two-engine parametrisation)."""
     return "faust"
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 90.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.5)
-
-
-def stats_of(stage: Any) -> Any:
-    from streams.dlq import read_topic
-
-    group = stage.pipeline.streams.consumer_group
-    try:
-        snapshots = [
-            e.value or b""
-            for e in read_topic(stage.settings, stats_topic(group), snapshot_end=True)
-        ]
-    except RuntimeError:  # the worker has not created its stats topic yet
-        return None
-    return merge_snapshots(snapshots).get(stage.source)
 
 
 def produce_spread(stage: Any, records: list[tuple[bytes, bytes]]) -> dict[int, int]:
@@ -105,14 +77,14 @@ def test_offsets_are_committed_while_running_and_match_the_work(
     total = 8000
     per_partition = produce_spread(stage, [make_event(i, t) for i in range(total)])
     runner = stage.start_runner()
-    wait_for(lambda: (s := stats_of(stage)) and s.received == total, what="all counted")
+    stage.wait_for(lambda: (s := stage.stats()) and s.received == total, what="all counted")
     # faust's commit loop commits the done offsets while the worker runs (not only at stop)
-    wait_for(lambda: committed(stage) == per_partition, timeout=30, what="offsets committed")
+    stage.wait_for(lambda: committed(stage) == per_partition, timeout=30, what="offsets committed")
     stage.stop_runner(runner)
 
     ids = output_ids(stage)
     assert len(ids) == total and max(ids.values()) == 1
-    counts = stats_of(stage)
+    counts = stage.stats()
     assert (counts.received, counts.out, counts.duplicates) == (total, total, 0)
     assert counts.balanced
 
@@ -126,10 +98,10 @@ def test_clean_stop_mid_backlog_commits_exactly_what_was_handled(
     set_batch_size(stage, 5)  # many small batches: the stop lands in the middle
     state = tmp_path / "state"
     runner = stage.start_runner(state_dir=state)
-    wait_for(lambda: (s := stats_of(stage)) and s.received >= 4000, what="first batches")
+    stage.wait_for(lambda: (s := stage.stats()) and s.received >= 4000, what="first batches")
     stage.stop_runner(runner)  # SIGTERM: the batch in flight finishes, then a final commit
 
-    handled = stats_of(stage).received
+    handled = stage.stats().received
     offsets = committed(stage)
     assert sum(max(o, 0) for o in offsets.values()) == handled, (offsets, handled)
     assert all(offsets[p] <= per_partition[p] for p in offsets)
@@ -138,9 +110,9 @@ def test_clean_stop_mid_backlog_commits_exactly_what_was_handled(
 
     # The restart reads on from the committed offsets: nothing twice, nothing missing.
     runner = stage.start_runner(state_dir=state)
-    wait_for(lambda: (s := stats_of(stage)) and s.received >= total, what="the rest counted")
+    stage.wait_for(lambda: (s := stage.stats()) and s.received >= total, what="the rest counted")
     stage.stop_runner(runner)
-    counts = stats_of(stage)
+    counts = stage.stats()
     assert (counts.received, counts.out, counts.duplicates) == (total, total, 0)
     ids = output_ids(stage)
     assert len(ids) == total and max(ids.values()) == 1
@@ -154,16 +126,16 @@ def test_rebalance_while_busy_loses_nothing_and_still_dedupes(stage: Any, make_e
     produce_spread(stage, records + records[:2000])  # 2000 duplicates at the end
     set_batch_size(stage, 10)  # many small batches: a is still busy when b joins
     a = stage.start_runner()
-    wait_for(lambda: (s := stats_of(stage)) and s.received >= 3000, what="a is busy")
+    stage.wait_for(lambda: (s := stage.stats()) and s.received >= 3000, what="a is busy")
     b = stage.start_runner()  # joins while a works through the backlog: a rebalance
 
     def split() -> bool:
         owned_a, owned_b = stage.partitions(a), stage.partitions(b)
         return bool(owned_a and owned_b and len(owned_a | owned_b) == 4)
 
-    wait_for(split, timeout=120, what="both workers own partitions")
-    wait_for(
-        lambda: (s := stats_of(stage)) and s.received >= total + 2000 and s.out >= total,
+    stage.wait_for(split, timeout=120, what="both workers own partitions")
+    stage.wait_for(
+        lambda: (s := stage.stats()) and s.received >= total + 2000 and s.out >= total,
         timeout=180,
         what="everything counted",
     )
@@ -172,6 +144,6 @@ def test_rebalance_while_busy_loses_nothing_and_still_dedupes(stage: Any, make_e
     ids = output_ids(stage)
     assert len(ids) == total, total - len(ids)
     assert max(ids.values()) == 1, [i for i, n in ids.items() if n > 1][:5]
-    counts = stats_of(stage)
+    counts = stage.stats()
     assert counts.out == total and counts.balanced
     assert counts.duplicates == counts.received - total >= 2000

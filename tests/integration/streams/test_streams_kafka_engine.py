@@ -9,44 +9,16 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from streams.metrics import merge_snapshots, stats_topic
 
 pytestmark = pytest.mark.integration
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.5)
-
-
-def stats_of(stage: Any) -> Any:
-    from streams.dlq import read_topic
-
-    group = stage.pipeline.streams.consumer_group
-    try:
-        snapshots = [
-            e.value or b""
-            for e in read_topic(stage.settings, stats_topic(group), snapshot_end=True)
-        ]
-    except RuntimeError:  # the worker has not created its stats topic yet
-        return None
-    return merge_snapshots(snapshots).get(stage.source)
 
 
 def test_bad_records_go_to_dlq_with_reasons_while_good_ones_flow(
@@ -64,7 +36,7 @@ def test_bad_records_go_to_dlq_with_reasons_while_good_ones_flow(
     ]
     stage.produce(good[:150] + bad + good[150:] + good[:50])  # 50 duplicates at the end
     runner = stage.start_runner()
-    wait_for(lambda: (s := stats_of(stage)) and s.received == 356, what="356 records counted")
+    stage.wait_for(lambda: (s := stage.stats()) and s.received == 356, what="356 records counted")
     stage.stop_runner(runner)
 
     events = stage.canonical_events()
@@ -94,7 +66,7 @@ def test_bad_records_go_to_dlq_with_reasons_while_good_ones_flow(
         first.reasons
     )
 
-    counts = stats_of(stage)
+    counts = stage.stats()
     assert (counts.received, counts.out, counts.duplicates, counts.dead_lettered) == (
         356,
         300,
@@ -112,7 +84,7 @@ def test_duplicates_dropped_across_restart(
     stage.produce([make_event(i, t) for i in range(400)])
     state = tmp_path / "state-a"
     runner = stage.start_runner(state_dir=state)
-    wait_for(lambda: (s := stats_of(stage)) and s.received == 400, what="first 400")
+    stage.wait_for(lambda: (s := stage.stats()) and s.received == 400, what="first 400")
     stage.stop_runner(runner)
 
     # the same 400 again plus 100 new ones; a new machine has no local state at all
@@ -122,8 +94,8 @@ def test_duplicates_dropped_across_restart(
     # (faust sometimes re-delivers the last record of each partition after a restart), so
     # wait for every record and every new id rather than for an exact count of 900; those
     # re-read records must be dropped as duplicates like the re-sent ones.
-    wait_for(
-        lambda: (s := stats_of(stage)) and s.received >= 900 and s.out >= 500,
+    stage.wait_for(
+        lambda: (s := stage.stats()) and s.received >= 900 and s.out >= 500,
         what="900 counted and 500 out",
     )
     stage.stop_runner(runner)
@@ -131,7 +103,7 @@ def test_duplicates_dropped_across_restart(
     ids = Counter(e["event_id"] for e in stage.canonical_events())
     assert len(ids) == 500
     assert max(ids.values()) == 1, [i for i, n in ids.items() if n > 1][:5]
-    counts = stats_of(stage)
+    counts = stage.stats()
     assert counts.out == 500 and counts.balanced
     assert counts.duplicates == counts.received - 500 >= 400
 
@@ -145,16 +117,16 @@ def test_two_workers_split_partitions_and_still_dedupe(stage: Any, make_event: A
         owned_a, owned_b = stage.partitions(a), stage.partitions(b)
         return bool(owned_a and owned_b and len(owned_a | owned_b) == 4)
 
-    wait_for(split, timeout=90, what="both workers own partitions")
+    stage.wait_for(split, timeout=90, what="both workers own partitions")
     assert not stage.partitions(a) & stage.partitions(b)
     batch = [make_event(i, t) for i in range(1000)]
     stage.produce(batch + batch[:300])
-    wait_for(lambda: (s := stats_of(stage)) and s.received == 1300, what="1300 counted")
+    stage.wait_for(lambda: (s := stage.stats()) and s.received == 1300, what="1300 counted")
     stage.stop_runner(a)
     stage.stop_runner(b)
     ids = Counter(e["event_id"] for e in stage.canonical_events())
     assert len(ids) == 1000 and max(ids.values()) == 1
-    counts = stats_of(stage)
+    counts = stage.stats()
     assert counts.duplicates == 300 and counts.balanced
 
 
@@ -169,14 +141,14 @@ def test_kill_9_mid_stream_loses_nothing(stage: Any, make_event: Any, tmp_path: 
     log = (tmp_path / "worker.log").open("wb")
     first = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: len(stage.canonical_events()) > 500, timeout=90, what="some output")
+        stage.wait_for(lambda: len(stage.canonical_events()) > 500, timeout=90, what="some output")
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(10)
     second = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wanted = {f"e{i}" for i in range(total) if i != 100}
-        wait_for(
+        stage.wait_for(
             lambda: wanted <= {e["event_id"] for e in stage.canonical_events()},
             timeout=120,
             what="every good id in the canonical topic",
