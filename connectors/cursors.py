@@ -15,7 +15,6 @@ from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import NewTopic
 
 from connectors.delivery import Delivered, DeliveryProducer
 from connectors.records import RawRecord
@@ -31,26 +30,11 @@ class CursorError(Exception):
 
 def ensure_cursor_topic(settings: Settings, topic: str, replication_factor: int = 1) -> None:
     """Create the single-partition compacted cursor topic unless it exists."""
-    admin = kafka.make_admin(settings)
-    if topic in admin.list_topics(timeout=15).topics:
-        return
-    futures = admin.create_topics(
-        [
-            NewTopic(
-                topic,
-                num_partitions=1,
-                replication_factor=replication_factor,
-                config={"cleanup.policy": "compact", "retention.ms": "-1", "retention.bytes": "-1"},
-            )
-        ],
-        operation_timeout=30,
-    )
+    config = {"cleanup.policy": "compact", "retention.ms": "-1", "retention.bytes": "-1"}
     try:
-        futures[topic].result()
+        kafka.ensure_single_partition_topic(settings, topic, config, replication_factor)
     except KafkaException as exc:
-        error = exc.args[0]
-        if not (isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS):
-            raise CursorError(f"creating cursor topic {topic!r}: {error}") from exc
+        raise CursorError(f"creating cursor topic {topic!r}: {exc.args[0]}") from exc
 
 
 def read_cursors(settings: Settings, topic: str, timeout: float = 30.0) -> dict[str, Any]:

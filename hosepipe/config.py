@@ -93,6 +93,12 @@ class TopicsConfig(Strict):
         description="Compacted single-partition topic where pollers and bulk-load keep their "
         "cursors (created on first use).",
     )
+    file_log: str = Field(
+        "hosepipe.lake-files",
+        description="Single-partition topic where the sink announces the lake files of each "
+        "flush once they are durable; `select --follow` reads it instead of listing the "
+        "lake on every pass (created by the sink on start).",
+    )
     partitions: int = Field(4, ge=1, le=10_000, description="Partitions of each created topic.")
     replication_factor: int = Field(1, ge=1, le=16, description="Replication factor.")
     configs: dict[str, str] = Field(
@@ -510,6 +516,14 @@ class SelectionConfig(Strict):
         ),
     )
     batch_rows: int = Field(50_000, ge=100, description="Rows per upsert batch.")
+    rescan_interval: Duration = Field(
+        timedelta(hours=1),
+        description=(
+            "select --follow: also list the whole lake this often, for files that no sink"
+            " announced in `topics.file_log` (copied in by hand, written by other tools);"
+            " 0s: only at start."
+        ),
+    )
 
     @field_validator("rules")
     @classmethod

@@ -10,6 +10,8 @@ Tables:
 * ``events`` — one row per ``event_id`` (the default selection).
 * ``selector_files`` — the selector's checkpoint: every lake file loaded, in the same
   transaction as its rows.
+* ``selector_file_log`` — per shard, the position in the lake's file log
+  (:mod:`hosepipe.file_log`) up to which ``select --follow`` has loaded the announced files.
 * ``rejected_rows`` — rows a selection rule could not type, with the reason.
 * one table per selection rule (``selection.rules[].table``), created from the declared columns
   by ``hosepipe db upgrade`` after the migrations; each also carries ``_event_id``,
@@ -50,7 +52,7 @@ if TYPE_CHECKING:
     from hosepipe.config import ColumnSpec, SelectionConfig, SelectionRule
     from hosepipe.settings import Settings
 
-SCHEMA_HEAD = "0003"
+SCHEMA_HEAD = "0004"
 """The alembic head revision this code expects (``selector/migrations/versions``)."""
 
 VERSION_TABLE = "alembic_version"
@@ -134,6 +136,17 @@ selector_files = Table(
     Column("etag", Text, nullable=True, comment="mtime (ns) or S3 ETag when known."),
     Column("rows", BigInteger, nullable=False),
     Column("loaded_at", TimestampTZ, nullable=False, server_default=func.now()),
+)
+
+selector_file_log = Table(
+    "selector_file_log",
+    metadata,
+    Column("shard", Text, nullable=False, comment="Selector shard, e.g. 0/1."),
+    Column("topic", Text, nullable=False, comment="The file-log topic (topics.file_log)."),
+    Column("partition", Integer, nullable=False),
+    Column("next_offset", BigInteger, nullable=False, comment="First record not yet loaded."),
+    Column("updated_at", TimestampTZ, nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("shard", "topic", "partition", name="selector_file_log_pkey"),
 )
 
 rejected_rows = Table(

@@ -88,3 +88,31 @@ def make_admin(settings: Settings, **overrides: Any) -> AdminClient:
     from confluent_kafka.admin import AdminClient
 
     return AdminClient(admin_config(settings, **overrides))
+
+
+def ensure_single_partition_topic(
+    settings: Settings, topic: str, config: dict[str, str], replication_factor: int = 1
+) -> bool:
+    """Create the one-partition ``topic`` with ``config`` unless it exists; True if created.
+
+    For hosepipe's own bookkeeping topics (connector cursors, the lake's file log), which
+    their writers create on first use. Raises ``KafkaException`` with the broker's reason.
+    """
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import NewTopic
+
+    admin = make_admin(settings)
+    if topic in admin.list_topics(timeout=15).topics:
+        return False
+    futures = admin.create_topics(
+        [NewTopic(topic, num_partitions=1, replication_factor=replication_factor, config=config)],
+        operation_timeout=30,
+    )
+    try:
+        futures[topic].result()
+    except KafkaException as exc:
+        error = exc.args[0]
+        if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+            return False  # created concurrently by another writer
+        raise
+    return True

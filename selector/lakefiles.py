@@ -112,8 +112,13 @@ class Lake:
         row_filter: pc.Expression | None = None,
         threads: int = READ_THREADS,
         ahead_bytes: int = READ_AHEAD_BYTES,
-    ) -> Generator[tuple[str, pa.Table], None, None]:
+        *,
+        missing_ok: bool = False,
+    ) -> Generator[tuple[str, pa.Table | None], None, None]:
         """``(path, table)`` per file, in the given order, ``row_filter`` applied.
+
+        With ``missing_ok`` a file that does not exist yields ``(path, None)`` instead of
+        raising ``FileNotFoundError`` (files named by the file log, not by a listing).
 
         Files ahead of the caller are fetched and decoded by ``threads`` threads, up to
         ``ahead_bytes`` (listed sizes) or :data:`READ_AHEAD_FILES` files not yet handed out,
@@ -123,7 +128,7 @@ class Lake:
         if not items:
             return
         pool = ThreadPoolExecutor(max(1, min(threads, len(items))), thread_name_prefix="lake")
-        pending: deque[tuple[str, int, Future[pa.Table]]] = deque()
+        pending: deque[tuple[str, int, Future[pa.Table | None]]] = deque()
         ahead = 0
         position = 0
         try:
@@ -137,7 +142,8 @@ class Lake:
                 ):
                     path, size = items[position]
                     position += 1
-                    pending.append((path, size, pool.submit(self.read_file, path, row_filter)))
+                    read = self._read_if_present if missing_ok else self.read_file
+                    pending.append((path, size, pool.submit(read, path, row_filter)))
                     ahead += size
                 path, size, future = pending.popleft()
                 ahead -= size
@@ -146,6 +152,14 @@ class Lake:
             for _, _, future in pending:
                 future.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def _read_if_present(
+        self, path: str, row_filter: pc.Expression | None = None
+    ) -> pa.Table | None:
+        try:
+            return self.read_file(path, row_filter)
+        except FileNotFoundError:
+            return None
 
 
 def _etag(entry: pafs.FileInfo) -> str | None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -316,6 +316,36 @@ class Loader:
         with self.engine.connect() as conn:
             rows = conn.execute(text("SELECT path, size, etag FROM selector_files"))
             return {path: Checkpoint(size, etag) for path, size, etag in rows}
+
+    def log_positions(self, topic: str) -> dict[int, int]:
+        """This shard's stored position in the file log ``topic`` (empty: none yet)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT partition, next_offset FROM selector_file_log"
+                    " WHERE shard = :shard AND topic = :topic"
+                ),
+                {"shard": str(self.shard), "topic": topic},
+            )
+            return {partition: offset for partition, offset in rows}
+
+    def save_log_positions(self, topic: str, positions: Mapping[int, int]) -> None:
+        """Store this shard's file-log position, after the files before it are loaded."""
+        if not positions:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO selector_file_log (shard, topic, partition, next_offset)"
+                    " VALUES (:shard, :topic, :partition, :offset)"
+                    " ON CONFLICT (shard, topic, partition) DO UPDATE"
+                    " SET next_offset = excluded.next_offset, updated_at = now()"
+                ),
+                [
+                    {"shard": str(self.shard), "topic": topic, "partition": p, "offset": o}
+                    for p, o in sorted(positions.items())
+                ],
+            )
 
     def load(
         self, parts: Sequence[tuple[LakeFile, pa.Table]], *, checkpoint: bool = True

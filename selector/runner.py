@@ -1,11 +1,12 @@
 """``hosepipe select``: one run, or follow the lake every ``selection.follow_interval``.
 
-A run lists the lake, asks :mod:`selector.plan` which files are new for this shard, reads
-them (threads fetch the files ahead while the current group is written) and hands groups of
-about ``selection.batch_rows`` rows, however many files that takes, to the
-:class:`~selector.load.Loader`, each group one transaction with its checkpoint. With a
-``--from/--to`` range it reloads every file of the overlapping partitions (rows filtered
-to the range) without touching the checkpoint.
+A run lists the lake and asks :mod:`selector.plan` which files are new for this shard
+(following, it reads the lake's file log instead, :mod:`selector.filelog`, and lists only at
+start and every ``selection.rescan_interval``), reads them (threads fetch the files ahead
+while the current group is written) and hands groups of about ``selection.batch_rows``
+rows, however many files that takes, to the :class:`~selector.load.Loader`, each group one
+transaction with its checkpoint. With a ``--from/--to`` range it reloads every file of the
+overlapping partitions (rows filtered to the range) without touching the checkpoint.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from sqlalchemy import Connection, Engine, text
 from hosepipe.config import PipelineConfig
 from hosepipe.db import check_schema_version
 from selector.failures import FailureLog
+from selector.filelog import FileLogReader, FileLogUnavailable, Positions
 from selector.lakefiles import Lake
 from selector.load import Loader, LoadResult, Method
 from selector.metrics import SelectorMetrics
@@ -43,6 +45,8 @@ from selector.plan import LakeFile, Shard, files_to_load
 log = logging.getLogger(__name__)
 
 PROGRESS_MIN_FILES = 20
+LOG_RETRY_SECONDS = 60.0
+"""How long a follower lists the lake after the file log could not be read (broker down)."""
 
 
 @dataclass
@@ -100,6 +104,7 @@ class Selector:
         options: RunOptions,
         metrics: SelectorMetrics | None = None,
         console: Console | None = None,
+        file_log: FileLogReader | None = None,
     ) -> None:
         self.engine = engine
         self.pipeline = pipeline
@@ -110,6 +115,13 @@ class Selector:
         self.loader = Loader(engine, pipeline.selection, options.shard, options.method)
         self.last_run: RunSummary | None = None
         self.last_error: str | None = None
+        self.file_log = file_log
+        self._log_positions: Positions | None = None
+        """Where this shard is in the file log (None: not read from PostgreSQL yet)."""
+        self._next_rescan = 0.0
+        self._log_retry_at = 0.0
+        """After the log could not be read, passes list the lake until then."""
+        self._discovery = ""
 
     def check_schema(self) -> None:
         check_schema_version(self.engine, self.pipeline.selection)
@@ -121,11 +133,63 @@ class Selector:
             return files_to_load(listed, {}, self.options.shard)
         return files_to_load(listed, self.loader.checkpoints(), self.options.shard)
 
+    def discover(self) -> tuple[list[LakeFile], Positions | None]:
+        """The files of this pass, and the file-log positions to store once they are loaded.
+
+        Without a file log (one-off runs, reloads) that is :meth:`plan`. Following, it is
+        the files announced since the stored position, plus a listing of the lake at start,
+        every ``selection.rescan_interval`` and whenever the position cannot be used (none
+        stored yet, outside the log, log unreadable): then the log's end is taken before the
+        listing, so every file is in one or the other.
+        """
+        if self.file_log is None or self.options.reload:
+            return self.plan(), None
+        topic = self.file_log.topic
+        now = time.monotonic()
+        if now < self._log_retry_at:
+            return self.plan(), None
+        try:
+            if self._log_positions is None:
+                self._log_positions = self.loader.log_positions(topic)
+            read = self.file_log.read(self._log_positions) if self._log_positions else None
+            ends = self.file_log.end_positions() if read is None else read.positions
+        except FileLogUnavailable as exc:
+            self._discovering("listing", f"file log unreadable: {exc}")
+            self._log_retry_at = now + LOG_RETRY_SECONDS
+            return self.plan(), None
+        if read is None:
+            self._discovering(
+                "listing" if ends is None else "log",
+                "file log not created yet" if ends is None else "position taken, lake listed",
+            )
+            self._rescanned(now)
+            return self.plan(), ends
+        self._discovering("log", "following the file log")
+        announced = {f.path: f for f in read.files if self.options.shard.owns(f.partition)}
+        if now >= self._next_rescan:
+            self._rescanned(now)
+            for file in self.plan():
+                announced.setdefault(file.path, file)
+        return sorted(announced.values()), read.positions
+
+    def _rescanned(self, now: float) -> None:
+        interval = self.pipeline.selection.rescan_interval.total_seconds()
+        self._next_rescan = now + interval if interval > 0 else float("inf")
+
+    def _discovering(self, mode: str, why: str) -> None:
+        if mode != self._discovery:
+            log.info(
+                f"selector discovers new files by {mode}: {why}",
+                extra={"shard": str(self.options.shard)},
+            )
+            self._discovery = mode
+
     def run_once(self, stop: threading.Event | None = None) -> RunSummary:
-        """List, read and load everything pending; returns the totals."""
+        """List (or read the file log), read and load everything pending; returns the totals."""
         started = time.monotonic()
         summary = RunSummary()
-        files = self.plan()
+        files, positions = self.discover()
+        discovered = time.monotonic() - started
         summary.pending = len(files)
         if self.metrics:
             self.metrics.pending_files.set(len(files))
@@ -135,12 +199,19 @@ class Selector:
         show = self.options.progress and len(files) >= PROGRESS_MIN_FILES
         with (
             _progress(self.console, show) as progress,
-            contextlib.closing(self.lake.read(files, row_filter)) as tables,
+            contextlib.closing(
+                self.lake.read(files, row_filter, missing_ok=positions is not None)
+            ) as tables,
         ):
             task = progress.add_task("loading lake files", total=len(files))
             group: list[tuple[LakeFile, pa.Table]] = []
             rows = 0
+            stopped = False
             for path, table in tables:
+                if table is None:  # announced, then removed from the lake by someone
+                    log.warning("announced lake file is gone; skipped", extra={"path": path})
+                    progress.advance(task, 1)
+                    continue
                 group.append((by_path[path], table))
                 rows += table.num_rows
                 if rows >= batch_rows:
@@ -148,10 +219,15 @@ class Selector:
                     progress.advance(task, len(group))
                     group, rows = [], 0
                     if stop is not None and stop.is_set():
+                        stopped = True
                         break
             if group:
                 self._commit(group, summary)
                 progress.advance(task, len(group))
+        if positions is not None and not stopped and positions != self._log_positions:
+            assert self.file_log is not None
+            self.loader.save_log_positions(self.file_log.topic, positions)
+            self._log_positions = positions
         summary.seconds = time.monotonic() - started
         if self.metrics:
             self.metrics.run_seconds.observe(summary.seconds)
@@ -165,6 +241,7 @@ class Selector:
                     "rows": summary.rows,
                     "rejected": summary.rejected,
                     "seconds": round(summary.seconds, 3),
+                    "discovery_seconds": round(discovered, 3),
                     "shard": str(self.options.shard),
                 },
             )

@@ -12,6 +12,7 @@ from hosepipe.db import SchemaBehindError, sync_engine
 from hosepipe.observability import serve_metrics
 from hosepipe.runtime import settle_garbage_collector
 from hosepipe.settings import Settings
+from selector.filelog import FileLogReader
 from selector.lakefiles import Lake
 from selector.metrics import SelectorMetrics
 from selector.runner import RunOptions, RunSummary, Selector
@@ -23,18 +24,22 @@ class SelectError(Exception):
     """The selector cannot start or a run failed; the message says what and where."""
 
 
-def build_selector(settings: Settings, pipeline: PipelineConfig, options: RunOptions) -> Selector:
-    """A selector wired to the database and lake of ``settings`` (no metrics)."""
+def build_selector(
+    settings: Settings, pipeline: PipelineConfig, options: RunOptions, *, follow: bool = False
+) -> Selector:
+    """A selector wired to the database and lake of ``settings`` (no metrics); following,
+    it reads the lake's file log (``topics.file_log``) instead of listing every pass."""
     engine = sync_engine(settings)
     lake = Lake.open(settings, pipeline.sink.partition_keys)
-    return Selector(engine, pipeline, lake, options)
+    file_log = FileLogReader(settings, pipeline.topics.file_log) if follow else None
+    return Selector(engine, pipeline, lake, options, file_log=file_log)
 
 
 def run_select(
     settings: Settings, pipeline: PipelineConfig, options: RunOptions, *, follow: bool
 ) -> RunSummary | None:
     """Run once (returns the summary) or follow until SIGTERM/SIGINT (returns None)."""
-    selector = build_selector(settings, pipeline, options)
+    selector = build_selector(settings, pipeline, options, follow=follow)
     selector.metrics = SelectorMetrics.create()
     try:
         selector.check_schema()
@@ -83,3 +88,5 @@ def run_select(
         if server is not None:
             server.stop()
         selector.engine.dispose()
+        if selector.file_log is not None:
+            selector.file_log.close()

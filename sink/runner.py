@@ -40,6 +40,7 @@ from confluent_kafka import Message
 
 from hosepipe.avro import AvroDecoder, SerdeError, make_decoder
 from hosepipe.avro_arrow import ArrowBatchDecoder, FastPathError, values_array
+from hosepipe.file_log import LandedFile, encode_landed, ensure_file_log_topic
 from hosepipe.kafka import make_consumer, make_producer
 from hosepipe.lake import (
     INVALID_TIME_PARTITION,
@@ -80,6 +81,10 @@ class InFlight:
     future: Future[list[WrittenFile]] | None
     """The background write; None once consumed (or when it must be retried in the loop)."""
     generation: int
+
+
+FILES_PER_ANNOUNCEMENT = 1000
+"""Files named per file-log record; a larger flush is announced in several records."""
 
 
 class SinkRunner:
@@ -131,6 +136,8 @@ class SinkRunner:
         self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lake-flush")
         self._inflight: InFlight | None = None
         self._producer: Producer | None = None
+        self._log_producer: Producer | None = None
+        self.file_log_topic = pipeline.topics.file_log
         self._stop = threading.Event()
         self._generation = 0
         self._late_reported = 0
@@ -162,6 +169,9 @@ class SinkRunner:
             removed = self.store.remove_stale_temp_files()
             if removed:
                 log.info("removed stale temporary files from the lake", extra={"files": removed})
+        ensure_file_log_topic(
+            self.settings, self.file_log_topic, self.pipeline.topics.replication_factor
+        )
         self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         log.info(
             "sink started",
@@ -177,8 +187,9 @@ class SinkRunner:
             self._flusher.shutdown(wait=True)
             self.writer.close()
             self.consumer.close()
-            if self._producer is not None:
-                self._producer.flush(10)
+            for producer in (self._producer, self._log_producer):
+                if producer is not None:
+                    producer.flush(10)
             log.info("sink stopped", extra={"topic": self.topic})
 
     def _step(self) -> None:
@@ -345,6 +356,8 @@ class SinkRunner:
         written = self._make_durable(inflight, attempts)
         if written is None:
             return False
+        if not self._announce(inflight.plan, written):
+            return False
         if not self._commit(inflight.plan):
             return False
         self._record(inflight.plan, written)
@@ -430,6 +443,46 @@ class SinkRunner:
                 assignment = self.consumer.assignment()
                 if assignment:
                     self.consumer.resume(assignment)
+
+    def _announce(self, plan: FlushPlan, written: list[WrittenFile]) -> bool:
+        """Name the plan's durable files in the file log (:mod:`hosepipe.file_log`), before
+        its commit; on failure rewind, so the batch is written and announced again."""
+        if not written:
+            return True
+        offsets = {partition: offset for (_, partition), offset in plan.offsets.items()}
+        landed = [LandedFile(w.key, w.bytes, w.rows) for w in written]
+        # ~150 B per file: records stay far below the broker's 1 MB message limit
+        values = [
+            encode_landed(self.topic, offsets, landed[i : i + FILES_PER_ANNOUNCEMENT])
+            for i in range(0, len(landed), FILES_PER_ANNOUNCEMENT)
+        ]
+        errors: list[str] = []
+
+        def delivered(error: object, _message: object) -> None:
+            if error is not None:
+                errors.append(str(error))
+
+        try:
+            if self._log_producer is None:
+                # The commit waits for these records: lingering would only delay it.
+                self._log_producer = make_producer(self.settings, **{"linger.ms": 0})
+            for value in values:
+                self._log_producer.produce(
+                    self.file_log_topic, value, key=self.topic.encode(), on_delivery=delivered
+                )
+            if self._log_producer.flush(30):
+                errors.append("not acknowledged within 30 s")
+        except Exception as exc:  # BufferError, KafkaException
+            errors.append(f"{type(exc).__name__}: {exc}")
+        if not errors:
+            return True
+        log.warning(
+            "announcing the flushed files failed; files stay (a replay overwrites them), "
+            "rewinding to the committed offsets",
+            extra={"topic": self.file_log_topic, "files": len(written), "error": errors[0]},
+        )
+        self._rewind()
+        return False
 
     def _commit(self, plan: FlushPlan, *, rewind: bool = True) -> bool:
         from confluent_kafka import KafkaException, TopicPartition

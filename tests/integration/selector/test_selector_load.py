@@ -331,7 +331,7 @@ def test_schema_check_and_upgrade_from_the_first_revision(
     with pytest.raises(SchemaBehindError, match="revision 0001"):
         check_schema_version(engine)
     report = upgrade(engine, pipeline.selection)
-    assert (report.revision_before, report.revision_after) == ("0001", "0003")
+    assert (report.revision_before, report.revision_after) == ("0001", "0004")
     check_schema_version(engine, pipeline.selection)
     assert scalar(engine, "SELECT partition FROM selector_files") == (
         "source=orders/dt=2025-11-22/hour=01"

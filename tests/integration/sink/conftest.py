@@ -40,7 +40,12 @@ def make_events(
 
 def pipeline_dict(topic: str, **sink: Any) -> dict[str, Any]:
     return {
-        "topics": {"canonical": topic, "dlq": topic + ".dlq", "partitions": 2},
+        "topics": {
+            "canonical": topic,
+            "dlq": topic + ".dlq",
+            "file_log": topic + ".files",
+            "partitions": 2,
+        },
         "sources": {
             "web": {
                 "kind": "push",
@@ -103,6 +108,37 @@ def lake_counts(settings: Settings, keys: list[str] | None = None) -> tuple[int,
 
     table = lake_dataset(settings, keys or []).to_table(columns=["event_id"])
     return table.num_rows, len(pc.unique(table["event_id"]))
+
+
+def announced(settings: Settings, pipeline: PipelineConfig) -> list[str]:
+    """Every lake path the sink announced in its file log, in log order (repeats kept)."""
+    from confluent_kafka import KafkaError, TopicPartition
+
+    from hosepipe.file_log import decode_landed
+    from hosepipe.kafka import make_consumer
+
+    topic = pipeline.topics.file_log
+    consumer = make_consumer(settings, topic + "-reader", **{"enable.partition.eof": True})
+    paths: list[str] = []
+    try:
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        while True:
+            message = consumer.poll(10)
+            assert message is not None, f"no end of partition from {topic}"
+            error = message.error()
+            if error is not None:
+                assert error.code() == KafkaError._PARTITION_EOF, error
+                return paths
+            paths += [f.path for f in decode_landed(message.value(), topic)]
+    finally:
+        consumer.close()
+
+
+def lake_keys(settings: Settings) -> list[str]:
+    """Lake-relative keys of every data file."""
+    from hosepipe.lake import open_lake_store
+
+    return open_lake_store(settings).list()
 
 
 class RunningSink:
@@ -181,6 +217,8 @@ class SinkKit:
     produce = staticmethod(produce)
     committed_total = staticmethod(committed_total)
     lake_counts = staticmethod(lake_counts)
+    announced = staticmethod(announced)
+    lake_keys = staticmethod(lake_keys)
     start_sink_process = staticmethod(start_sink_process)
     sink_env = staticmethod(sink_env)
 

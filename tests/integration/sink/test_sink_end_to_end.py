@@ -22,8 +22,13 @@ pytestmark = pytest.mark.integration
 
 
 def test_lands_partitioned_parquet_readable_by_duckdb_and_pyarrow(
-    settings: Settings, canonical: Callable[..., PipelineConfig], run_sink_thread, kit
+    settings: Settings,
+    canonical: Callable[..., PipelineConfig],
+    run_sink_thread,
+    kit,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr("sink.runner.FILES_PER_ANNOUNCEMENT", 2)  # flushes span records
     pipeline = canonical(partition_keys=["source"], max_age="0.5s")
     events = kit.make_events(600, hours=3)
     kit.produce(settings, pipeline.topics.canonical, events)
@@ -41,6 +46,8 @@ def test_lands_partitioned_parquet_readable_by_duckdb_and_pyarrow(
         topic, _, _ = parse_data_file_name(name)
         assert topic == pipeline.topics.canonical
     assert kit.lake_counts(settings, ["source"]) == (600, 600)
+    # Every flush named its files in the file log, each once (no crash, no replay).
+    assert sorted(kit.announced(settings, pipeline)) == sorted(keys)
 
     dataset = lake_dataset(settings, ["source"])
     hour7 = dataset.to_table(filter=(ds.field("hour") == 7) & (ds.field("source") == "web"))
