@@ -445,6 +445,7 @@ def main() -> None:
                 child.kill()
         if server is not None:
             server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

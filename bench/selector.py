@@ -246,6 +246,7 @@ def run_variant(
             conn.exec_driver_sql("CREATE TABLE plain (LIKE events INCLUDING ALL)")
         for file in lake_view.list_files():
             for _, table in lake_view.read([file.path]):
+                assert table is not None  # None only with missing_ok
                 with engine.begin() as conn:
                     raw: Any = conn.connection.dbapi_connection
                     with (

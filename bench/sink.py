@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -258,6 +259,7 @@ def main() -> None:
     finally:
         broker.stop()
         s3.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
     mb = 1024 * 1024
     print(
