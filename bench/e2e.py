@@ -73,8 +73,9 @@ class Workload:
     late: int
 
 
-def demo_workload(pipeline: Any, n: int, seed: int) -> Workload:
-    """``n`` records, half clickstream, half orders, with the demo's imperfections."""
+def demo_workload(pipeline: Any, n: int, seed: int, late: float | None = None) -> Workload:
+    """``n`` records, half clickstream, half orders, with the demo's imperfections
+    (``late``: the share of events 2-30 h late instead of the demo's)."""
     from hosepipe.demo import (
         DemoCounts,
         DemoMix,
@@ -84,6 +85,8 @@ def demo_workload(pipeline: Any, n: int, seed: int) -> Workload:
     )
 
     mix, counts = DemoMix(rng=random.Random(seed)), DemoCounts()
+    if late is not None:
+        mix.late = late
     clicks, orders = pipeline.raw_topic("clickstream"), pipeline.raw_topic("orders")
     records: list[tuple[str, bytes | None, bytes]] = []
     batch = 1000
@@ -723,6 +726,11 @@ def main() -> None:
         help="run n `select --follow --shard i/n` processes instead of one",
     )
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--late-share",
+        type=float,
+        help="share of events 2-30 h late (demo default 0.02); each late hour is a lake file",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, data)")
     args = parser.parse_args()
     args.config = args.config.resolve()
@@ -741,7 +749,7 @@ def main() -> None:
     sampler = threading.Thread(target=resources.run, daemon=True)
     try:
         print(f"generating {args.events:,} demo records ...", flush=True)
-        load = demo_workload(stack.pipeline, args.events, args.seed)
+        load = demo_workload(stack.pipeline, args.events, args.seed, args.late_share)
         ceiling = [(CEILING_TOPIC, k, v) for _, k, v in load.records]
         produce_rate = len(ceiling) / produce_all(stack.settings, ceiling)
         consume_rate = len(ceiling) / consume_all(stack.settings, CEILING_TOPIC, len(ceiling))

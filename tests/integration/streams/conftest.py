@@ -141,16 +141,62 @@ class Stage:
         return merge_snapshots(snapshots).get(self.source)
 
     @staticmethod
-    def wait_for(condition: Callable[[], Any], timeout: float = 90.0, what: str = "") -> Any:
-        """Poll ``condition`` every 0.5 s until it is truthy (its value) or ``timeout``."""
+    def wait_for(
+        condition: Callable[[], Any],
+        timeout: float = 90.0,
+        what: str = "",
+        explain: Callable[[], str] | None = None,
+    ) -> Any:
+        """Poll ``condition`` every 0.5 s until it is truthy (its value) or ``timeout``.
+
+        On timeout the error carries ``explain()`` (e.g. :meth:`diagnosis`): a stalled
+        worker and a lost record look alike from the outside.
+        """
         deadline = time.monotonic() + timeout
         while True:
             value = condition()
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+                detail = f"\n{explain()}" if explain is not None else ""
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}{detail}")
             time.sleep(0.5)
+
+    def diagnosis(self) -> str:
+        """Where each worker stands: its last counters, the group's committed offsets
+        against the raw partitions' ends, and the tail of each worker process's log."""
+        from confluent_kafka import TopicPartition
+
+        from hosepipe.kafka import make_consumer
+        from streams.dlq import read_topic
+        from streams.metrics import stats_topic
+
+        group = self.pipeline.streams.consumer_group
+        lines: list[str] = []
+        try:
+            latest: dict[str, Any] = {}
+            for entry in read_topic(self.settings, stats_topic(group), snapshot_end=True):
+                data = orjson.loads(entry.value or b"{}")
+                latest[str(data.pop("worker", None))] = data
+            lines += [f"worker {w} counters: {c}" for w, c in latest.items()]
+        except RuntimeError as exc:
+            lines.append(f"no counters: {exc}")
+        consumer = make_consumer(self.settings, group)
+        try:
+            partitions = consumer.list_topics(self.raw, timeout=10).topics[self.raw].partitions
+            tps = [TopicPartition(self.raw, p) for p in sorted(partitions)]
+            for tp in consumer.committed(tps, timeout=10):
+                _, high = consumer.get_watermark_offsets(tp, timeout=10)
+                # "end" is Tansu's ListOffsets answer, which can be wrong (docs/streams.md)
+                lines.append(f"{self.raw}[{tp.partition}]: committed {tp.offset}, end {high}")
+        finally:
+            consumer.close()
+        for runner in self.runners:
+            if isinstance(runner, WorkerProcess):
+                tail = runner.log_text().splitlines()[-12:]
+                lines.append(f"--- {runner.log_path} (exit {runner.process.poll()}):")
+                lines += [line[:400] for line in tail]
+        return "\n".join(lines)
 
     def worker_env(self, data_dir: Path) -> dict[str, str]:
         return {

@@ -138,6 +138,7 @@ def test_rebalance_while_busy_loses_nothing_and_still_dedupes(stage: Any, make_e
         lambda: (s := stage.stats()) and s.received >= total + 2000 and s.out >= total,
         timeout=180,
         what="everything counted",
+        explain=stage.diagnosis,
     )
     stage.stop_runner(a)
     stage.stop_runner(b)
