@@ -816,6 +816,10 @@ class FaustEngine(EngineBase[FaustOptions]):
             extra={"engine": "faust", "topics": self.core.topics, "worker": self.worker_id},
         )
         settle_garbage_collector(100_000, 50, 100)  # batches of many short-lived dicts
+        # faust's loggers are kept at WARNING (hosepipe.logs), except table recovery: its few
+        # lines per rebalance ("Resuming flow...", "Worker ready", "Still fetching changelog
+        # topics ...") are how an operator sees a worker come back, or not, after one.
+        logging.getLogger("faust.tables.recovery").setLevel(logging.getLogger().level)
         # At loglevel warn/error faust turns the root logger to DEBUG (a spinner): use info.
         worker = faust.Worker(
             self.app, loglevel="info", quiet=True, override_logging=False, redirect_stdouts=False
