@@ -6,9 +6,10 @@
 Starts its own embedded servers on free loopback ports (SeaweedFS S3, Tansu, PostgreSQL,
 as ``hosepipe up`` does: broker topics in S3 unless ``--broker-storage memory``, durable
 PostgreSQL), creates the topics of the pipeline file (default: the repository's
-``hosepipe.yaml``, i.e. the embedded defaults: sink ``max_age`` 10 s, ``select --follow``
-every 5 s, the ``orders`` rule table), runs ``hosepipe db upgrade``, then the components as
-child processes ``python -m hosepipe worker|sink|select --follow``.
+``hosepipe.yaml``, i.e. the embedded defaults: sink ``max_age`` 2 s with the late lane
+(``late_after`` 1 h), ``select --follow`` every 1 s, the ``orders`` rule table), runs
+``hosepipe db upgrade``, then the components as child processes
+``python -m hosepipe worker|sink|select --follow``.
 
 Phases, each printed:
 

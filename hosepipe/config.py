@@ -380,8 +380,27 @@ class SinkConfig(Strict):
         timedelta(seconds=30),
         description="Longest wait between flush attempts while the lake is down (no commit).",
     )
+    late_after: Duration | None = Field(
+        None,
+        description=(
+            "Late lane: events whose occurred_at is more than this before their ingested_at "
+            "are buffered apart and flushed every late_max_age (or when the sink is idle), "
+            "so hours-late events make few files; null: one lane."
+        ),
+    )
+    late_max_age: Duration = Field(
+        timedelta(seconds=60),
+        description="Flush the late lane when its oldest record is this old (0-900 s).",
+    )
 
-    @field_validator("max_age")
+    @field_validator("late_after")
+    @classmethod
+    def _positive_lateness(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value <= timedelta(0):
+            raise ValueError("must be positive (or null for one lane)")
+        return value
+
+    @field_validator("max_age", "late_max_age")
     @classmethod
     def _firehose_range(cls, value: timedelta) -> timedelta:
         if not timedelta(0) <= value <= timedelta(seconds=900):

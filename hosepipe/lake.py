@@ -369,6 +369,10 @@ class LakeStore(Protocol):
         """The bytes at ``key``."""
         ...
 
+    def get_optional(self, key: str) -> bytes | None:
+        """The bytes at ``key``, or None when there is no such object."""
+        ...
+
     def list(self, prefix: str = "") -> list[str]:
         """Lake-relative keys of data files under ``prefix``, sorted (temp files excluded)."""
         ...
@@ -409,6 +413,12 @@ class LocalLakeStore:
 
     def get(self, key: str) -> bytes:
         return Path(self.location.path(key)).read_bytes()
+
+    def get_optional(self, key: str) -> bytes | None:
+        try:
+            return self.get(key)
+        except FileNotFoundError:
+            return None
 
     def probe(self) -> None:
         root = Path(self.location.root)
@@ -518,6 +528,16 @@ class S3LakeStore:
     def get(self, key: str) -> bytes:
         answer = self.client.get_object(Bucket=self.location.bucket, Key=self.location.path(key))
         return bytes(answer["Body"].read())
+
+    def get_optional(self, key: str) -> bytes | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.get(key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
+                return None
+            raise
 
     def probe(self) -> None:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -69,6 +69,8 @@ class FlushReason(StrEnum):
     AGE = "age"
     PARTITIONS = "partitions"
     SHUTDOWN = "shutdown"
+    IDLE = "idle"
+    """The late lane, when a poll found nothing new and the on-time lane is empty."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,11 @@ class FlushPlan:
     bytes: int
     opened_at: float
     """Clock value when the batch's first record was added (consume time of the oldest)."""
+    lane: int = 0
+    """Which lane's batch this is (:mod:`sink.lanes`): 0 on time, 1 late."""
+    cursors: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """Per Kafka partition, the (on-time, late) cursors once this plan is durable; empty
+    with one lane (``offsets`` says it all)."""
 
 
 class SinkBatch:
@@ -133,6 +140,7 @@ class SinkBatch:
         self.partition_keys = partition_keys
         self._files: dict[tuple[Any, ...], OpenFile] = {}
         self._next_offsets: dict[TopicPartition, int] = {}
+        self._first_offsets: dict[TopicPartition, int] = {}
         self._newest_hour: dict[TopicPartition, int] = {}
         self.rows = 0
         self.bytes = 0
@@ -141,6 +149,8 @@ class SinkBatch:
         """Late records added since this object was created (a running total)."""
         self.invalid_time = 0
         """Records with ``occurred_at`` outside years 1..9999 (a running total)."""
+        self.total_rows = 0
+        """Records added since this object was created (a running total)."""
 
     # ------------------------------------------------------------------ state
 
@@ -152,6 +162,10 @@ class SinkBatch:
     @property
     def empty(self) -> bool:
         return self.rows == 0
+
+    def held_offsets(self) -> dict[int, int]:
+        """Per Kafka partition in the batch, the offset of its first buffered record."""
+        return {partition: offset for (_, partition), offset in self._first_offsets.items()}
 
     def add(
         self, topic: str, partition: int, offset: int, event: Event, size: int, now: float
@@ -238,6 +252,7 @@ class SinkBatch:
             open_file.rows += piece.num_rows
         self.invalid_time += groups.invalid
         self.rows += count
+        self.total_rows += count
         self.bytes += pc.sum(lengths).as_py()
         if self.opened_at is None:
             self.opened_at = now
@@ -290,6 +305,7 @@ class SinkBatch:
                     at = pc.index(pc.less_equal(steps, 0), True).as_py()
                     _offset_error(topic, partition, mine[at].as_py(), mine[at - 1].as_py())
             self._next_offsets[tp] = mine[-1].as_py() + 1
+            self._first_offsets.setdefault(tp, first)
             if valid is not None:
                 hours = hours.filter(valid)
             if len(hours) == 0:
@@ -351,6 +367,7 @@ class SinkBatch:
     def _reset(self) -> None:
         self._files = {}
         self._next_offsets = {}
+        self._first_offsets = {}
         self.rows = 0
         self.bytes = 0
         self.opened_at = None

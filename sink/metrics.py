@@ -20,6 +20,7 @@ class SinkMetrics:
     late_events: Counter
     invalid_time_events: Counter
     dropped_rows: Counter
+    skipped_rows: Counter
     dead_letters: Counter
     write_failures: Counter
     open_partitions: Gauge
@@ -64,6 +65,12 @@ class SinkMetrics:
                 "hosepipe_sink_dropped_rows",
                 "Uncommitted buffered rows dropped on a rebalance or commit failure "
                 "(they are read again from the committed offset, not lost).",
+                registry=registry,
+            ),
+            skipped_rows=Counter(
+                "hosepipe_sink_skipped_rows",
+                "Rows read again after a restart or rebalance that their lane's stored cursor "
+                "shows durable already (late lane), so not written twice.",
                 registry=registry,
             ),
             dead_letters=Counter(

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -54,6 +54,20 @@ from hosepipe.lake import (
 from hosepipe.runtime import settle_garbage_collector
 from sink.batch import BufferingHints, FlushPlan, FlushReason, SinkBatch
 from sink.health import Backoff, LakeHealth, LakeState
+from sink.lanes import (
+    LANE_NAMES,
+    LATE,
+    ON_TIME,
+    LaneBook,
+    StoredCursors,
+    cursor_key,
+    decode_cursors,
+    encode_cursors,
+    late_rows,
+    micros,
+    poll_ends,
+    split_lanes,
+)
 from sink.metrics import SinkMetrics
 from sink.writer import PlanWriter, WrittenFile
 
@@ -110,7 +124,14 @@ class SinkRunner:
             settings,
             S3Retries(mode=config.s3_retry_mode, max_attempts=config.s3_max_attempts),
         )
-        self.batch = SinkBatch(BufferingHints.from_config(config), tuple(config.partition_keys))
+        hints = BufferingHints.from_config(config)
+        self.batch = SinkBatch(hints, tuple(config.partition_keys))
+        late_hints = replace(hints, max_age_seconds=config.late_max_age.total_seconds())
+        self.late_batch = SinkBatch(late_hints, tuple(config.partition_keys))
+        """The late lane (:mod:`sink.lanes`); stays empty unless ``sink.late_after`` is set."""
+        self.lanes = (self.batch, self.late_batch)
+        self.late_after_us = micros(config.late_after)
+        self.book = LaneBook()
         self.writer = PlanWriter(self.store, config.compression, config.row_group_rows)
         self.health = LakeHealth(Backoff(maximum=config.retry_max_backoff.total_seconds()))
         self.decoder: AvroDecoder = make_decoder(settings)
@@ -160,11 +181,11 @@ class SinkRunner:
         return {
             "ok": self.health.state is LakeState.HEALTHY,
             "lake": self.health.state.value,
-            "buffered_rows": self.batch.rows,
+            "buffered_rows": self.batch.rows + self.late_batch.rows,
         }
 
-    def run(self) -> None:
-        """Consume until :meth:`stop`; always leaves the group on the way out."""
+    def start(self) -> None:
+        """Prepare and join the group (what :meth:`run` does first)."""
         if isinstance(self.store, LocalLakeStore):
             removed = self.store.remove_stale_temp_files()
             if removed:
@@ -177,11 +198,19 @@ class SinkRunner:
             "sink started",
             extra={"topic": self.topic, "lake": self.store.location.url()},
         )
+
+    def run(self) -> None:
+        """Consume until :meth:`stop`; always leaves the group on the way out."""
+        self.start()
         try:
             while not self.stopping:
                 self._step()
-            if self._complete_inflight(attempts=1) and not self.batch.empty:
-                self._flush(FlushReason.SHUTDOWN, attempts=1)
+            if self._complete_inflight(attempts=1):
+                for lane, batch in enumerate(self.lanes):
+                    if not batch.empty and not self._flush(
+                        FlushReason.SHUTDOWN, attempts=1, lane=lane
+                    ):
+                        break
                 self._complete_inflight(attempts=1)
         finally:
             self._flusher.shutdown(wait=True)
@@ -200,10 +229,15 @@ class SinkRunner:
         now = self.clock()
         if messages:
             self._add(messages, now, generation)
-        if generation == self._generation:
-            reason = self.batch.flush_reason(self.clock())
+        for lane, batch in enumerate(self.lanes):
+            if generation != self._generation:
+                break
+            reason = batch.flush_reason(self.clock())
+            if reason is None and lane == LATE and not messages and self.batch.empty:
+                # caught up: holding late rows longer would only delay them
+                reason = FlushReason.IDLE if not batch.empty else None
             if reason is not None:
-                self._flush(reason)
+                self._flush(reason, lane=lane)
         self._update_gauges()
 
     # ------------------------------------------------------------------ records
@@ -220,25 +254,54 @@ class SinkRunner:
                 if error.fatal():
                     raise RuntimeError(f"consuming {self.topic}: {error}")
                 log.warning("consumer error", extra={"topic": self.topic, "error": str(error)})
+        partitions = pa.array(list(map(Message.partition, good)), pa.int64())
+        offsets = pa.array(list(map(Message.offset, good)), pa.int64())
+        ends = poll_ends(partitions, offsets)  # DLQ'd records too: their offsets are done
+        if not self._start_partitions(ends):
+            return
         values = values_array(list(map(Message.value, good)))  # one copy of the poll's bytes
         table, kept = self._decode(good, values)
         sizes = pc.fill_null(pc.binary_length(values), 0)  # Avro bytes per record
         if kept is not None:
             good = [good[i] for i in kept]
-            sizes = sizes.take(pa.array(kept, pa.int64()))
-        partitions = pa.array(list(map(Message.partition, good)), pa.int64())
-        offsets = pa.array(list(map(Message.offset, good)), pa.int64())
+            rows = pa.array(kept, pa.int64())
+            sizes, partitions, offsets = sizes.take(rows), partitions.take(rows), offsets.take(rows)
         if self._first_records and good:
             self._first_records = False
             log.info(
                 "first records consumed",
                 extra={"topic": self.topic, "records": len(good)},
             )
-        start = 0
-        while start < len(good):
-            if generation != self._generation:
+        keep = self.book.keep(table, partitions, offsets)
+        if keep is not None:
+            self.metrics.skipped_rows.inc(len(keep) - pc.sum(keep).as_py())
+            table, partitions = table.filter(keep), partitions.filter(keep)
+            offsets, sizes = offsets.filter(keep), sizes.filter(keep)
+        late = late_rows(table, self.late_after_us)
+        for lane, columns in split_lanes((table, partitions, offsets, sizes), late):
+            if not self._add_lane(lane, *columns, now, generation):
                 return  # revoked meanwhile: the rest belongs to the next owner
-            start += self.batch.add_table(
+        self.book.polled(ends)
+        self._report_counts()
+
+    def _add_lane(
+        self,
+        lane: int,
+        table: pa.Table,
+        partitions: pa.Int64Array,
+        offsets: pa.Int64Array,
+        sizes: pa.Int64Array,
+        now: float,
+        generation: int,
+    ) -> bool:
+        """Add a poll's rows of one lane, flushing that lane whenever a size rule fires;
+        False when a rebalance or rewind took the partitions meanwhile."""
+        batch = self.lanes[lane]
+        start = 0
+        while start < table.num_rows:
+            if generation != self._generation:
+                return False
+            start += batch.add_table(
                 self.topic,
                 partitions.slice(start),
                 offsets.slice(start),
@@ -246,10 +309,42 @@ class SinkRunner:
                 sizes.slice(start),
                 now,
             )
-            reason = self.batch.flush_reason()
+            reason = batch.flush_reason()
             if reason is not None:
-                self._flush(reason)
-        self._report_counts()
+                self._flush(reason, lane=lane)
+        return generation == self._generation
+
+    def _start_partitions(self, ends: dict[int, tuple[int, int]]) -> bool:
+        """First records of a partition since the assignment: read its cursor object.
+
+        Rows below the committed offset are durable in both lanes; rows above it that the
+        stored cursors cover are durable in their lane and skipped. If the lake cannot be
+        read, rewind and try again (a row must not be written twice).
+        """
+        for partition, (first, _) in ends.items():
+            if self.book.known(partition):
+                continue
+            key = cursor_key(self.topic, partition)
+            try:
+                data = self.store.get_optional(key)
+                stored = None if data is None else decode_cursors(data, key)
+            except Exception as exc:
+                # A damaged object stops this partition here rather than risk duplicates:
+                # deleting it replays from the committed offset (late rows may repeat).
+                log.warning(
+                    "reading the sink's lane cursors failed; rewinding to read again",
+                    extra={
+                        "topic": self.topic,
+                        "partition": partition,
+                        "object": key,
+                        "error": str(exc),
+                    },
+                )
+                self._wait(1.0)
+                self._rewind()
+                return False
+            self.book.start(partition, first, stored)
+        return True
 
     def _decode(
         self, good: list[Message], values: pa.LargeBinaryArray
@@ -275,14 +370,17 @@ class SinkRunner:
         return events_to_table([events[i] for i in kept]), kept  # type: ignore[misc]
 
     def _report_counts(self) -> None:
-        late = self.batch.late - self._late_reported
+        # late: later than the newest hour seen in the on-time lane, or in the late lane
+        total_late = self.batch.late + self.late_batch.total_rows
+        late = total_late - self._late_reported
         if late:
             self.metrics.late_events.inc(late)
-            self._late_reported = self.batch.late
-        invalid = self.batch.invalid_time - self._invalid_reported
+            self._late_reported = total_late
+        total_invalid = self.batch.invalid_time + self.late_batch.invalid_time
+        invalid = total_invalid - self._invalid_reported
         if invalid:
             self.metrics.invalid_time_events.inc(invalid)
-            self._invalid_reported = self.batch.invalid_time
+            self._invalid_reported = total_invalid
             log.warning(
                 "events with occurred_at outside years 1..9999 landed under "
                 f"{INVALID_TIME_PARTITION}",
@@ -324,16 +422,20 @@ class SinkRunner:
 
     # ------------------------------------------------------------------ flush
 
-    def _flush(self, reason: FlushReason, attempts: int | None = None) -> bool:
-        """Hand the batch to the background writer once the previous one is committed.
+    def _flush(
+        self, reason: FlushReason, attempts: int | None = None, *, lane: int = ON_TIME
+    ) -> bool:
+        """Hand a lane's batch to the background writer once the previous plan is committed.
 
-        One plan at a time is in flight, so a plan always starts at the committed offsets
-        (what makes its file names replay-stable) while the next batch is being consumed.
+        One plan at a time is in flight, so a lane's plan always starts at its durable
+        cursor (what makes its file names replay-stable) while the next batch is consumed.
         """
         if not self._complete_inflight(attempts):
-            self.metrics.dropped_rows.inc(self.batch.drop())  # starts past an uncommitted plan
+            self._drop_all()  # they start past an uncommitted plan
             return False
-        plan = self.batch.drain(reason)
+        plan = self.lanes[lane].drain(reason)
+        if self.late_after_us is not None or self.book.stored:
+            plan = self._with_cursors(plan, lane)
         done: dict[str, WrittenFile] = {}
         future: Future[list[WrittenFile]] | None = None
         try:
@@ -355,13 +457,60 @@ class SinkRunner:
         self._inflight = None
         written = self._make_durable(inflight, attempts)
         if written is None:
+            # given up (stopping, or revoked): the lanes' positions counted this plan in
+            self._drop_all()
             return False
-        if not self._announce(inflight.plan, written):
+        return self._finish(inflight.plan, written)
+
+    def _finish(self, plan: FlushPlan, written: list[WrittenFile], *, rewind: bool = True) -> bool:
+        """A durable plan: announce its files, store the lane cursors, commit."""
+        if not self._announce(plan, written, rewind=rewind):
             return False
-        if not self._commit(inflight.plan):
+        if not self._store_cursors(plan, rewind=rewind):
             return False
-        self._record(inflight.plan, written)
+        if not self._commit(plan, rewind=rewind):
+            return False
+        self._record(plan, written)
         return True
+
+    def _with_cursors(self, plan: FlushPlan, lane: int) -> FlushPlan:
+        """The drained ``plan`` with both lanes' cursors and, as offsets, their minimum."""
+        cursors = self.book.drained(
+            lane,
+            {partition: offset for (_, partition), offset in plan.offsets.items()},
+            (self.batch.held_offsets(), self.late_batch.held_offsets()),
+        )
+        offsets = {(self.topic, p): min(pair) for p, pair in cursors.items()}
+        return replace(plan, lane=lane, cursors=cursors, offsets=offsets)
+
+    def _store_cursors(self, plan: FlushPlan, *, rewind: bool = True) -> bool:
+        """Before the commit: a cursor object per partition whose lanes differ (a lane holds
+        rows above the committed offset). Where they are level the commit says it all, and
+        an older object's cursors lie at or below the commit: harmless."""
+        try:
+            for partition, (on_time, late) in sorted(plan.cursors.items()):
+                if on_time == late:
+                    continue
+                stored = StoredCursors(on_time, late, self.late_after_us)
+                self.store.put(
+                    cursor_key(self.topic, partition),
+                    encode_cursors(self.topic, partition, stored),
+                )
+        except Exception as exc:
+            log.warning(
+                "storing the lane cursors failed; files stay (a replay overwrites them), "
+                "rewinding to the committed offsets",
+                extra={"topic": self.topic, "error": str(exc)},
+            )
+            if rewind:
+                self._rewind()
+            return False
+        return True
+
+    def _drop_all(self) -> None:
+        """Forget both lanes' batches and positions (they are read again from the commit)."""
+        self.metrics.dropped_rows.inc(self.batch.drop() + self.late_batch.drop())
+        self.book.clear()
 
     def _make_durable(
         self, inflight: InFlight, attempts: int | None = None
@@ -444,7 +593,9 @@ class SinkRunner:
                 if assignment:
                     self.consumer.resume(assignment)
 
-    def _announce(self, plan: FlushPlan, written: list[WrittenFile]) -> bool:
+    def _announce(
+        self, plan: FlushPlan, written: list[WrittenFile], *, rewind: bool = True
+    ) -> bool:
         """Name the plan's durable files in the file log (:mod:`hosepipe.file_log`), before
         its commit; on failure rewind, so the batch is written and announced again."""
         if not written:
@@ -481,7 +632,8 @@ class SinkRunner:
             "rewinding to the committed offsets",
             extra={"topic": self.file_log_topic, "files": len(written), "error": errors[0]},
         )
-        self._rewind()
+        if rewind:
+            self._rewind()
         return False
 
     def _commit(self, plan: FlushPlan, *, rewind: bool = True) -> bool:
@@ -505,7 +657,7 @@ class SinkRunner:
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
         self._generation += 1
-        self.metrics.dropped_rows.inc(self.batch.drop())
+        self._drop_all()
         assignment = self.consumer.assignment()
         if not assignment:
             return
@@ -532,6 +684,7 @@ class SinkRunner:
             "flushed",
             extra={
                 "topic": self.topic,
+                "lane": LANE_NAMES[plan.lane],
                 "reason": plan.reason.value,
                 "files": len(written),
                 "rows": plan.rows,
@@ -540,8 +693,10 @@ class SinkRunner:
         )
 
     def _update_gauges(self) -> None:
-        self.metrics.open_partitions.set(self.batch.open_partitions)
-        self.metrics.buffered_rows.set(self.batch.rows)
+        self.metrics.open_partitions.set(
+            self.batch.open_partitions + self.late_batch.open_partitions
+        )
+        self.metrics.buffered_rows.set(self.batch.rows + self.late_batch.rows)
 
     # ------------------------------------------------------------------ rebalance
 
@@ -566,10 +721,9 @@ class SinkRunner:
                     extra={"topic": self.topic, "error": str(exc)},
                 )
             else:
-                if self._commit(inflight.plan, rewind=False):
-                    self._record(inflight.plan, written)
-        dropped = self.batch.drop()
-        self.metrics.dropped_rows.inc(dropped)
+                self._finish(inflight.plan, written, rewind=False)
+        dropped = self.batch.rows + self.late_batch.rows
+        self._drop_all()
         log.info(
             "partitions revoked; uncommitted rows dropped (read again from committed offsets)",
             extra={

@@ -165,6 +165,8 @@ def pipeline_document(tag: str, feed_url: str | None) -> dict[str, Any]:
         "streams": {"batch_size": 500, "consumer_group": f"e2e-worker-{tag}"},
         "sink": {
             "max_age": "1s",
+            "late_after": "1h",  # the late lane, as in the embedded defaults
+            "late_max_age": "3s",
             "partition_keys": ["source"],
             "consumer_group": f"e2e-sink-{tag}",
             "retry_max_backoff": "2s",

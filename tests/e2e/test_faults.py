@@ -80,8 +80,14 @@ class Load:
             self.error = exc
 
     def _events(self, prefix: str, n: int, base: int) -> list[dict[str, Any]]:
+        """A batch; every 4th event 2-7 h late, so the sink's late lane holds rows too."""
         return [
-            {"id": f"{prefix}-{n}-{i}", "ts": base + i, "type": "tick", "user": f"u{i % 5}"}
+            {
+                "id": f"{prefix}-{n}-{i}",
+                "ts": base + i - (0 if i % 4 else (2 + i % 6) * 3_600_000),
+                "type": "tick",
+                "user": f"u{i % 5}",
+            }
             for i in range(self.batch)
         ]
 
