@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -46,6 +46,9 @@ from hosepipe.lake import (
     key_segment,
     time_partition,
 )
+
+if TYPE_CHECKING:
+    from sink.lanes import StoredCursors
 
 TopicPartition = tuple[str, int]
 Event = dict[str, Any]
@@ -126,9 +129,9 @@ class FlushPlan:
     """Clock value when the batch's first record was added (consume time of the oldest)."""
     lane: int = 0
     """Which lane's batch this is (:mod:`sink.lanes`): 0 on time, 1 late."""
-    cursors: dict[int, tuple[int, int]] = field(default_factory=dict)
-    """Per Kafka partition, the (on-time, late) cursors once this plan is durable; empty
-    with one lane (``offsets`` says it all)."""
+    cursors: dict[int, StoredCursors] = field(default_factory=dict)
+    """Per Kafka partition, both lanes' cursors once this plan is durable; empty with one
+    lane (``offsets`` says it all)."""
 
 
 class SinkBatch:

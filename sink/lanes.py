@@ -185,30 +185,62 @@ class LaneBook:
     """The runner's bookkeeping of both lanes per Kafka partition, since the assignment.
 
     ``added[p][lane]``: every row of the lane below this offset was added to the lane's
-    batch or is durable. It starts at the first offset read after the assignment (the
-    committed one: everything below is durable in both lanes), raised to the stored cursor,
-    and moves to the end of each poll once all its rows are added.
+    batch or is durable, and the lane's next batch starts there. It starts at the first
+    offset read after the assignment (the committed one: everything below is durable in
+    both lanes), raised to the stored cursor, and moves to the end of each poll once all
+    its rows are added.
+
+    A cursor means something only under the rule it was made with. When a partition's
+    stored cursors were made with another ``late_after`` than today's (the setting changed,
+    or the lane was turned off), the partition keeps the stored rule (``rules``) until both
+    lanes are level again (nothing held, equal cursors); only then does today's rule decide.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, late_after_us: int | None) -> None:
+        self.rule = late_after_us
         self.stored: dict[int, StoredCursors] = {}
         self.added: dict[int, list[int]] = {}
+        self.rules: dict[int, int | None] = {}
+        """Partitions still on the rule of their stored cursors (it differs from ``rule``)."""
 
     def known(self, partition: int) -> bool:
         return partition in self.added
 
+    def rule_of(self, partition: int) -> int | None:
+        return self.rules.get(partition, self.rule)
+
     def start(self, partition: int, first_offset: int, stored: StoredCursors | None) -> None:
         """The first record read of ``partition``, and its cursor object if there is one."""
-        on_time, late = (0, 0) if stored is None else (stored.on_time, stored.late)
-        if stored is not None:
-            self.stored[partition] = stored
-        self.added[partition] = [max(first_offset, on_time), max(first_offset, late)]
+        if stored is None or max(stored.on_time, stored.late) <= first_offset:
+            self.added[partition] = [first_offset, first_offset]  # level: nothing to skip
+            return
+        self.stored[partition] = stored
+        if stored.late_after_us != self.rule:
+            self.rules[partition] = stored.late_after_us
+        self.added[partition] = [
+            max(first_offset, stored.on_time),
+            max(first_offset, stored.late),
+        ]
 
     def keep(
         self, table: pa.Table, partitions: pa.Int64Array, offsets: pa.Int64Array
     ) -> pa.BooleanArray | None:
         """Rows not yet durable in their lane (None: all of them)."""
         return rows_to_keep(table, partitions, offsets, self.stored) if self.stored else None
+
+    def late_mask(self, table: pa.Table, partitions: pa.Int64Array) -> pa.BooleanArray | None:
+        """Per row, whether it goes to the late lane, by its partition's rule (None: none)."""
+        mask = late_rows(table, self.rule)
+        for partition, rule in self.rules.items():
+            mine = pc.equal(partitions, partition)
+            if not pc.any(mine).as_py():
+                continue
+            theirs = late_rows(table, rule)
+            base = mask if mask is not None else pa.array([False] * table.num_rows)
+            mask = pc.if_else(mine, theirs if theirs is not None else False, base)
+        if mask is None or not pc.any(mask).as_py():
+            return None
+        return mask
 
     def polled(self, ends: Mapping[int, tuple[int, int]]) -> None:
         """Every row of a poll was added to its lane: ``ends[p] = (first, after last)``."""
@@ -224,16 +256,29 @@ class LaneBook:
         lane: int,
         next_offsets: Mapping[int, int],
         held: tuple[Mapping[int, int], Mapping[int, int]],
-    ) -> dict[int, tuple[int, int]]:
+        *,
+        between_polls: bool,
+    ) -> dict[int, StoredCursors]:
         """A lane's batch was drained with ``next_offsets`` (after its last row, per
-        partition); ``held`` the first offsets both batches still hold. The cursors that
-        hold once the drained plan is durable."""
+        partition); ``held`` the first offsets both batches still hold. The cursors (and
+        the rule they are made with) that hold once the drained plan is durable.
+
+        ``between_polls``: every row read so far was added to its lane. Only then can a
+        partition on an old rule switch to today's: mid-poll, rows of the other lane may
+        still come, routed by the old rule."""
         for partition, next_offset in next_offsets.items():
             added = self.added.get(partition)
             if added is not None:
                 added[lane] = max(added[lane], next_offset)
-        return commit_cursors({p: (a[ON_TIME], a[LATE]) for p, a in self.added.items()}, held)
+        pairs = commit_cursors({p: (a[ON_TIME], a[LATE]) for p, a in self.added.items()}, held)
+        cursors = {p: StoredCursors(on, late, self.rule_of(p)) for p, (on, late) in pairs.items()}
+        for partition in list(self.rules) if between_polls else ():
+            on_time, late = pairs.get(partition, (0, 1))
+            if on_time == late and partition not in held[ON_TIME] and partition not in held[LATE]:
+                del self.rules[partition]  # level: today's rule from the next row on
+        return cursors
 
     def clear(self) -> None:
         self.stored.clear()
         self.added.clear()
+        self.rules.clear()

@@ -26,6 +26,7 @@ reason headers (produced and flushed before the commit), never silently skipped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -59,11 +60,9 @@ from sink.lanes import (
     LATE,
     ON_TIME,
     LaneBook,
-    StoredCursors,
     cursor_key,
     decode_cursors,
     encode_cursors,
-    late_rows,
     micros,
     poll_ends,
     split_lanes,
@@ -131,7 +130,7 @@ class SinkRunner:
         """The late lane (:mod:`sink.lanes`); stays empty unless ``sink.late_after`` is set."""
         self.lanes = (self.batch, self.late_batch)
         self.late_after_us = micros(config.late_after)
-        self.book = LaneBook()
+        self.book = LaneBook(self.late_after_us)
         self.writer = PlanWriter(self.store, config.compression, config.row_group_rows)
         self.health = LakeHealth(Backoff(maximum=config.retry_max_backoff.total_seconds()))
         self.decoder: AvroDecoder = make_decoder(settings)
@@ -208,7 +207,7 @@ class SinkRunner:
             if self._complete_inflight(attempts=1):
                 for lane, batch in enumerate(self.lanes):
                     if not batch.empty and not self._flush(
-                        FlushReason.SHUTDOWN, attempts=1, lane=lane
+                        FlushReason.SHUTDOWN, attempts=1, lane=lane, between_polls=True
                     ):
                         break
                 self._complete_inflight(attempts=1)
@@ -237,7 +236,7 @@ class SinkRunner:
                 # caught up: holding late rows longer would only delay them
                 reason = FlushReason.IDLE if not batch.empty else None
             if reason is not None:
-                self._flush(reason, lane=lane)
+                self._flush(reason, lane=lane, between_polls=True)
         self._update_gauges()
 
     # ------------------------------------------------------------------ records
@@ -277,7 +276,7 @@ class SinkRunner:
             self.metrics.skipped_rows.inc(len(keep) - pc.sum(keep).as_py())
             table, partitions = table.filter(keep), partitions.filter(keep)
             offsets, sizes = offsets.filter(keep), sizes.filter(keep)
-        late = late_rows(table, self.late_after_us)
+        late = self.book.late_mask(table, partitions)
         for lane, columns in split_lanes((table, partitions, offsets, sizes), late):
             if not self._add_lane(lane, *columns, now, generation):
                 return  # revoked meanwhile: the rest belongs to the next owner
@@ -423,7 +422,12 @@ class SinkRunner:
     # ------------------------------------------------------------------ flush
 
     def _flush(
-        self, reason: FlushReason, attempts: int | None = None, *, lane: int = ON_TIME
+        self,
+        reason: FlushReason,
+        attempts: int | None = None,
+        *,
+        lane: int = ON_TIME,
+        between_polls: bool = False,
     ) -> bool:
         """Hand a lane's batch to the background writer once the previous plan is committed.
 
@@ -434,8 +438,8 @@ class SinkRunner:
             self._drop_all()  # they start past an uncommitted plan
             return False
         plan = self.lanes[lane].drain(reason)
-        if self.late_after_us is not None or self.book.stored:
-            plan = self._with_cursors(plan, lane)
+        if self.late_after_us is not None or self.book.stored or self.book.rules:
+            plan = self._with_cursors(plan, lane, between_polls)
         done: dict[str, WrittenFile] = {}
         future: Future[list[WrittenFile]] | None = None
         try:
@@ -473,14 +477,15 @@ class SinkRunner:
         self._record(plan, written)
         return True
 
-    def _with_cursors(self, plan: FlushPlan, lane: int) -> FlushPlan:
+    def _with_cursors(self, plan: FlushPlan, lane: int, between_polls: bool) -> FlushPlan:
         """The drained ``plan`` with both lanes' cursors and, as offsets, their minimum."""
         cursors = self.book.drained(
             lane,
             {partition: offset for (_, partition), offset in plan.offsets.items()},
             (self.batch.held_offsets(), self.late_batch.held_offsets()),
+            between_polls=between_polls,
         )
-        offsets = {(self.topic, p): min(pair) for p, pair in cursors.items()}
+        offsets = {(self.topic, p): min(c.on_time, c.late) for p, c in cursors.items()}
         return replace(plan, lane=lane, cursors=cursors, offsets=offsets)
 
     def _store_cursors(self, plan: FlushPlan, *, rewind: bool = True) -> bool:
@@ -488,14 +493,12 @@ class SinkRunner:
         rows above the committed offset). Where they are level the commit says it all, and
         an older object's cursors lie at or below the commit: harmless."""
         try:
-            for partition, (on_time, late) in sorted(plan.cursors.items()):
-                if on_time == late:
-                    continue
-                stored = StoredCursors(on_time, late, self.late_after_us)
-                self.store.put(
-                    cursor_key(self.topic, partition),
-                    encode_cursors(self.topic, partition, stored),
-                )
+            for partition, cursors in sorted(plan.cursors.items()):
+                if cursors.on_time != cursors.late:
+                    self.store.put(
+                        cursor_key(self.topic, partition),
+                        encode_cursors(self.topic, partition, cursors),
+                    )
         except Exception as exc:
             log.warning(
                 "storing the lane cursors failed; files stay (a replay overwrites them), "
@@ -508,7 +511,9 @@ class SinkRunner:
         return True
 
     def _drop_all(self) -> None:
-        """Forget both lanes' batches and positions (they are read again from the commit)."""
+        """Forget both lanes' batches and positions (they are read again from the commit);
+        a poll being added stops (new generation)."""
+        self._generation += 1
         self.metrics.dropped_rows.inc(self.batch.drop() + self.late_batch.drop())
         self.book.clear()
 
@@ -657,6 +662,12 @@ class SinkRunner:
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
         self._generation += 1
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None and inflight.future is not None:
+            # Its files must be written before the replay writes the same names, and it must
+            # not be committed past the rows the replay reads again: wait, then forget it.
+            with contextlib.suppress(Exception):
+                inflight.future.result()
         self._drop_all()
         assignment = self.consumer.assignment()
         if not assignment:

@@ -130,27 +130,29 @@ class Session:
         late_after: int | None,
         crash_rate: float,
         late_flush_rate: float = 0.15,
+        mid_flush_crashes: bool = True,
     ) -> None:
         self.world, self.rng, self.late_after, self.crash_rate = world, rng, late_after, crash_rate
         self.late_flush_rate = late_flush_rate
+        self.mid_flush_crashes = mid_flush_crashes
         on_time = BufferingHints(rng.randint(5, 40), 10**9, 60, rng.randint(3, 30))
         late = BufferingHints(rng.randint(20, 200), 10**9, 60, 500)
         self.lanes = (SinkBatch(on_time, ("source",)), SinkBatch(late, ("source",)))
-        self.book = LaneBook()
+        self.book = LaneBook(late_after)
         self.position = {p: world.committed.get(p, 0) for p in world.log}
 
     def run(self, until_end: bool) -> None:
         while any(self.position[p] < len(rows) for p, rows in self.world.log.items()):
             self.poll()
             if self.rng.random() < 0.3:
-                self.flush(ON_TIME)  # the age rule
+                self.flush(ON_TIME, between_polls=True)  # the age rule
             if self.rng.random() < self.late_flush_rate:
-                self.flush(LATE)  # the late lane's age rule, or idle
+                self.flush(LATE, between_polls=True)  # the late lane's age rule, or idle
             if not until_end and self.rng.random() < self.crash_rate:
                 raise Crash("between flushes")
         for lane in (ON_TIME, LATE):
             if not self.lanes[lane].empty:
-                self.flush(lane)
+                self.flush(lane, between_polls=True)
 
     def poll(self) -> None:
         events, parts, offs = [], [], []
@@ -172,7 +174,7 @@ class Session:
         if keep is not None:
             table, partitions, offsets = (c.filter(keep) for c in (table, partitions, offsets))
         sizes = pa.array([1] * table.num_rows, pa.int64())
-        late = late_rows(table, self.late_after)
+        late = self.book.late_mask(table, partitions)
         for lane, columns in split_lanes((table, partitions, offsets, sizes), late):
             lane_table, lane_parts, lane_offs, lane_sizes = columns
             start = 0
@@ -189,7 +191,7 @@ class Session:
                     self.flush(lane)
         self.book.polled(ends)
 
-    def flush(self, lane: int) -> None:
+    def flush(self, lane: int, between_polls: bool = False) -> None:
         batch = self.lanes[lane]
         if batch.empty:
             return
@@ -198,22 +200,23 @@ class Session:
             lane,
             {p: o for (_, p), o in plan.offsets.items()},
             (self.lanes[ON_TIME].held_offsets(), self.lanes[LATE].held_offsets()),
+            between_polls=between_polls,
         )
         files = list(plan.files)
-        crash = self.rng.random() < self.crash_rate
+        crash = self.mid_flush_crashes and self.rng.random() < self.crash_rate
         if crash:
             files = self.rng.sample(files, self.rng.randint(0, len(files)))
         for open_file in files:
             self.world.lake[open_file.key] = open_file.table().column("event_id").to_pylist()
         if crash:
             raise Crash("mid-flush")
-        for partition, (on_time, late) in cursors.items():
-            if on_time != late:
-                self.world.objects[partition] = StoredCursors(on_time, late, self.late_after)
+        for partition, cursors_of in cursors.items():
+            if cursors_of.on_time != cursors_of.late:
+                self.world.objects[partition] = cursors_of
         if self.rng.random() < self.crash_rate:
             raise Crash("after the cursor objects, before the commit")
-        for partition, pair in cursors.items():
-            self.world.committed[partition] = min(pair)
+        for partition, cursors_of in cursors.items():
+            self.world.committed[partition] = min(cursors_of.on_time, cursors_of.late)
 
 
 def make_log(rng: random.Random, size: int, late_share: float) -> dict[int, list[dict[str, Any]]]:
@@ -247,10 +250,14 @@ def test_crashes_anywhere_lose_and_duplicate_nothing_with_two_lanes(seed: int) -
     assert_exactly_once(world, size)
 
 
-@hyp_settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 2**32), after=st.sampled_from([None, 3 * HOUR]))
+@hyp_settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32), after=st.sampled_from([None, 3 * HOUR, HOUR // 2]))
 def test_a_changed_late_after_keeps_durable_rows_durable(seed: int, after: int | None) -> None:
-    """Killed between flushes with late rows held, restarted with another rule (or one lane)."""
+    """Killed between flushes with late rows held, restarted with another rule (or one lane),
+    then killed again and again: the stored rule decides until both lanes are level.
+
+    Not covered (docs/sink.md): a crash *while files are written* before the lanes are level
+    again, which can let a replay reach level sooner and route a written row otherwise."""
     rng = random.Random(seed)
     size = rng.randint(50, 300)
     world = World(make_log(rng, size, late_share=0.3))
@@ -258,9 +265,33 @@ def test_a_changed_late_after_keeps_durable_rows_durable(seed: int, after: int |
     for _ in range(rng.randint(1, 30)):
         session.poll()
         if rng.random() < 0.3:
-            session.flush(ON_TIME)
+            session.flush(ON_TIME, between_polls=True)
+    for _ in range(rng.randint(1, 4)):
+        with contextlib.suppress(Crash):
+            Session(world, rng, after, 0.25, mid_flush_crashes=False).run(until_end=False)
     Session(world, rng, after, crash_rate=0.0).run(until_end=True)
     assert_exactly_once(world, size)
+
+
+def test_a_partition_keeps_its_stored_rule_until_the_lanes_are_level() -> None:
+    book = LaneBook(None)  # lane turned off today
+    book.start(0, 100, StoredCursors(on_time=140, late=110, late_after_us=HOUR))
+    book.start(1, 50, StoredCursors(on_time=40, late=30, late_after_us=HOUR))  # stale
+    table = events_to_table([event(0, 5), event(1, 5), event(2, 0.1)])
+    parts = pa.array([0, 1, 0], pa.int64())
+    assert book.rules == {0: HOUR}
+    assert book.late_mask(table, parts).to_pylist() == [True, False, False]  # type: ignore[union-attr]
+    # the late lane still holds partition 0's rows from 110: not level, the rule stays
+    cursors = book.drained(ON_TIME, {0: 160}, ({}, {0: 110}), between_polls=True)
+    assert (cursors[0].on_time, cursors[0].late, cursors[0].late_after_us) == (160, 110, HOUR)
+    assert book.rules == {0: HOUR}
+    book.polled({0: (150, 170)})
+    assert book.drained(LATE, {0: 165}, ({}, {}), between_polls=False)[0].late_after_us == HOUR
+    assert book.rules == {0: HOUR}  # mid-poll: late rows of this poll may still come
+    cursors = book.drained(LATE, {0: 165}, ({}, {}), between_polls=True)
+    assert (cursors[0].on_time, cursors[0].late) == (170, 170)
+    assert book.rules == {}  # level: today's rule (one lane) from here on
+    assert book.late_mask(table, parts) is None
 
 
 def test_late_rows_make_fewer_files_than_one_lane() -> None:
