@@ -45,9 +45,6 @@ class StoredCursors:
     late_after_us: int | None
     """The lane rule the cursors were made with (None: one lane, every row on time)."""
 
-    def of(self, lane: int) -> int:
-        return self.on_time if lane == ON_TIME else self.late
-
 
 def cursor_key(topic: str, partition: int) -> str:
     return f"{CURSOR_PREFIX}/{topic}+{partition}.json"

@@ -500,14 +500,7 @@ class SinkRunner:
                         encode_cursors(self.topic, partition, cursors),
                     )
         except Exception as exc:
-            log.warning(
-                "storing the lane cursors failed; files stay (a replay overwrites them), "
-                "rewinding to the committed offsets",
-                extra={"topic": self.topic, "error": str(exc)},
-            )
-            if rewind:
-                self._rewind()
-            return False
+            return self._step_failed("storing the lane cursors", rewind, error=str(exc))
         return True
 
     def _drop_all(self) -> None:
@@ -632,14 +625,13 @@ class SinkRunner:
             errors.append(f"{type(exc).__name__}: {exc}")
         if not errors:
             return True
-        log.warning(
-            "announcing the flushed files failed; files stay (a replay overwrites them), "
-            "rewinding to the committed offsets",
-            extra={"topic": self.file_log_topic, "files": len(written), "error": errors[0]},
+        return self._step_failed(
+            "announcing the flushed files",
+            rewind,
+            topic=self.file_log_topic,
+            files=len(written),
+            error=errors[0],
         )
-        if rewind:
-            self._rewind()
-        return False
 
     def _commit(self, plan: FlushPlan, *, rewind: bool = True) -> bool:
         from confluent_kafka import KafkaException, TopicPartition
@@ -648,15 +640,20 @@ class SinkRunner:
         try:
             self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
-            log.warning(
-                "offset commit failed; files stay (a replay overwrites them), "
-                "rewinding to the committed offsets",
-                extra={"topic": self.topic, "error": str(exc)},
-            )
-            if rewind:
-                self._rewind()
-            return False
+            return self._step_failed("the offset commit", rewind, error=str(exc))
         return True
+
+    def _step_failed(self, what: str, rewind: bool, **extra: Any) -> bool:
+        """A step after the files are durable failed: they stay (a replay overwrites them);
+        rewind to the committed offsets unless the caller handles that. Returns False."""
+        log.warning(
+            f"{what} failed; files stay (a replay overwrites them), "
+            "rewinding to the committed offsets",
+            extra={"topic": self.topic, **extra},
+        )
+        if rewind:
+            self._rewind()
+        return False
 
     def _rewind(self) -> None:
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -221,6 +222,28 @@ class SinkKit:
     lake_keys = staticmethod(lake_keys)
     start_sink_process = staticmethod(start_sink_process)
     sink_env = staticmethod(sink_env)
+
+    @staticmethod
+    def assert_every_file_announced(settings: Settings, pipeline: PipelineConfig) -> None:
+        """Every durable file was announced before its commit (replays only repeat them)."""
+        missing = set(lake_keys(settings)) - set(announced(settings, pipeline))
+        assert not missing, f"lake files never announced in the file log: {sorted(missing)[:5]}"
+
+    @staticmethod
+    def finish_after_kills(
+        settings: Settings, pipeline: PipelineConfig, total: int, log: Path
+    ) -> None:
+        """After a kill -9 series: one more sink drains to ``total``; then the lake holds
+        every event exactly once and every file is announced."""
+        process = start_sink_process(settings, log)
+        try:
+            SinkKit.wait_committed(settings, pipeline, total, timeout=120)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(30)
+        rows, distinct = lake_counts(settings)
+        assert (rows, distinct) == (total, total), log.read_text()[-3000:]
+        SinkKit.assert_every_file_announced(settings, pipeline)
 
     @staticmethod
     def wait_committed(

@@ -48,17 +48,7 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(
     while produced < total:
         kit.produce(settings, pipeline.topics.canonical, kit.make_events(chunk, start=produced))
         produced += chunk
-    process = kit.start_sink_process(settings, log)
-    try:
-        kit.wait_committed(settings, pipeline, total, timeout=120)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
-    rows, distinct = kit.lake_counts(settings)
-    assert (rows, distinct) == (total, total), log.read_text()[-3000:]
-    # Every durable file was announced before its commit; replays only repeat announcements.
-    missing = set(kit.lake_keys(settings)) - set(kit.announced(settings, pipeline))
-    assert not missing, f"lake files never announced in the file log: {sorted(missing)[:5]}"
+    kit.finish_after_kills(settings, pipeline, total, log)
 
 
 def test_s3_outage_holds_offsets_then_catches_up(

@@ -91,8 +91,7 @@ def test_crash_with_late_rows_held_replays_them_and_skips_the_durable_ones(
     second.consumer.close()
     assert metrics.skipped_rows._value.get() > 0  # on-time rows above the commit
     assert kit.lake_counts(settings) == (600, 600)
-    missing = set(kit.lake_keys(settings)) - set(kit.announced(settings, pipeline))
-    assert not missing, f"lake files never announced in the file log: {sorted(missing)[:5]}"
+    kit.assert_every_file_announced(settings, pipeline)
 
 
 def test_kill_9_at_random_points_with_the_late_lane_loses_and_duplicates_nothing(
@@ -118,13 +117,4 @@ def test_kill_9_at_random_points_with_the_late_lane_loses_and_duplicates_nothing
         events = with_late(kit.make_events(chunk, hours=8, start=produced), kit.HOUR)
         kit.produce(settings, pipeline.topics.canonical, events)
         produced += chunk
-    process = kit.start_sink_process(settings, log)
-    try:
-        kit.wait_committed(settings, pipeline, total, timeout=120)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
-    rows, distinct = kit.lake_counts(settings)
-    assert (rows, distinct) == (total, total), log.read_text()[-3000:]
-    missing = set(kit.lake_keys(settings)) - set(kit.announced(settings, pipeline))
-    assert not missing, f"lake files never announced in the file log: {sorted(missing)[:5]}"
+    kit.finish_after_kills(settings, pipeline, total, log)
