@@ -103,6 +103,26 @@ class Settings(BaseSettings):
             "'memory' is faster but loses every topic when the stack stops."
         ),
     )
+    embedded_broker_trim_every: float = Field(
+        30.0,
+        ge=0,
+        le=86_400,
+        description=(
+            "Seconds between trims of the embedded broker's topics in S3 (Tansu enforces no "
+            "retention there and lists a partition's every batch on each fetch, so an "
+            "untrimmed stack slows down as it runs); 0 turns trimming off."
+        ),
+    )
+    embedded_broker_keep: float = Field(
+        60.0,
+        ge=0,
+        le=30 * 86_400,
+        description=(
+            "Seconds the embedded broker keeps records of the raw and canonical topics after "
+            "every consumer group that commits on them has passed them (and file-log "
+            "announcements); other topics keep their retention.ms."
+        ),
+    )
 
     # Logging
     log_level: str = Field("INFO", description="Log level (DEBUG, INFO, WARNING, ERROR).")

@@ -146,7 +146,23 @@ class FileLogReader:
                             todo.discard(partition)
                         continue
                     if message.offset() < reached[partition]:
-                        continue  # read already (offsets only grow; gaps are allowed)
+                        continue  # read already
+                    if message.offset() > reached[partition]:
+                        # The sink's producer is neither transactional nor compacted, so
+                        # a gap means records were removed before they were read: the
+                        # embedded broker's trim, which fetches past removed records
+                        # instead of answering "out of range". Their files are unknown.
+                        log.info(
+                            "file-log records before this one were removed unread; "
+                            "listing the lake once",
+                            extra={
+                                "topic": self.topic,
+                                "partition": partition,
+                                "position": reached[partition],
+                                "first_offset": message.offset(),
+                            },
+                        )
+                        return None
                     where = f"file log {self.topic!r} partition {partition} offset "
                     where += str(message.offset())
                     try:

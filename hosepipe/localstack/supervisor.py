@@ -39,6 +39,7 @@ from hosepipe.localstack.servers import (
     log_tail,
     pid_alive,
     require_free_port,
+    s3_client,
     start_broker,
     start_postgres,
     start_s3,
@@ -570,6 +571,30 @@ def start_servers(plan: StackPlan, servers: RunningServers) -> None:
     )
 
 
+def start_broker_trim(
+    settings: Settings, plan: StackPlan, config_file: Path, stop: threading.Event
+) -> threading.Thread | None:
+    """Trim the broker's topics in S3 in a background thread (s3 storage only)."""
+    every = settings.embedded_broker_trim_every
+    if plan.broker_storage != "s3" or every <= 0:
+        return None
+    from hosepipe.config import load_pipeline
+    from hosepipe.localstack.broker_trim import BrokerTrimmer
+
+    s3 = s3_client(plan.s3_endpoint, plan.s3_access_key, plan.s3_secret_key, plan.s3_region)
+    trimmer = BrokerTrimmer.for_pipeline(settings, load_pipeline(config_file), s3, BROKER_BUCKET)
+    thread = threading.Thread(
+        target=trimmer.run, args=(stop, every), name="broker-trim", daemon=True
+    )
+    thread.start()
+    log.info(
+        "broker trim every %.0f s (consumed records kept %.0f s)",
+        every,
+        settings.embedded_broker_keep,
+    )
+    return thread
+
+
 def create_topics(settings: Settings, config_file: Path) -> None:
     """Run the pipeline's topic creation hook, if it exists yet."""
     try:
@@ -768,6 +793,7 @@ def run_stack(
                     return 0
             for child in children:
                 child.start(base_env)
+            start_broker_trim(child_settings, plan, config_file, stop)
             save_state(ready=True)
             _print_endpoints(rows, ready_after)
             if on_ready is not None:

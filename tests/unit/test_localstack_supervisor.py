@@ -168,3 +168,20 @@ def test_client_env_points_commands_at_the_stack_only(tmp_path: Path) -> None:
     assert env["HOSEPIPE_S3_ENDPOINT_URL"] == plan.s3_endpoint
     assert env["HOSEPIPE_KAFKA_BOOTSTRAP"] == plan.kafka_bootstrap
     assert "HOSEPIPE_DATA_DIR" not in env and "HOSEPIPE_METRICS_PORT" not in env
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"embedded_broker_storage": "memory"}, {"embedded_broker_trim_every": 0}],
+    ids=["memory storage", "trim off"],
+)
+def test_no_broker_trim_without_s3_storage_or_when_turned_off(
+    tmp_path: Path, overrides: dict[str, object]
+) -> None:
+    import threading
+
+    settings = _settings(data_dir=tmp_path, **overrides)
+    plan = supervisor.plan_stack(settings)
+    # returns before touching the (absent) servers or the config file
+    missing = tmp_path / "no-such.yaml"
+    assert supervisor.start_broker_trim(settings, plan, missing, threading.Event()) is None
