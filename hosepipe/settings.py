@@ -118,9 +118,9 @@ class Settings(BaseSettings):
         ge=0,
         le=30 * 86_400,
         description=(
-            "Seconds the embedded broker keeps records of the raw and canonical topics after "
-            "every consumer group that commits on them has passed them (and file-log "
-            "announcements); other topics keep their retention.ms."
+            "Embedded broker: raw and canonical records written longer ago than this are "
+            "trimmed once every consumer group that commits on them has passed them (file-log "
+            "announcements after max(this, 1 h)); other topics keep their retention.ms."
         ),
     )
 

@@ -4,25 +4,27 @@ Tansu keeps each produced batch of a partition as one S3 object
 (``clusters/<cluster>/topics/<topic>/partitions/<partition:010>/records/<offset:020>.batch``),
 enforces no retention on S3 storage, and answers every fetch that has data by *listing all
 the batch objects of the partition* before reading the new ones. So a stack that keeps
-running gets slower the longer it runs: measured with ``hosepipe up --demo`` (200 events/s),
-SeaweedFS's CPU rose from 35 % of a core in the first minute to 65 % after eight, while
-each raw partition gained ~3.4 objects per second (see docs/benchmarks.md, "Broker on S3").
+running gets slower the longer it runs: measured with ``hosepipe up --demo`` (200 events/s,
+``bench/broker_growth.py``), SeaweedFS's CPU rose from 33 % of a core in the first minute to
+70 % after eight, while each raw partition gained ~3.4 objects per second (see
+docs/benchmarks.md, "A stack that keeps running").
 
 The embedded supervisor therefore runs :class:`BrokerTrimmer` every
 ``HOSEPIPE_EMBEDDED_BROKER_TRIM_EVERY`` seconds. Per partition it deletes a *prefix* of the
 batch objects (Kafka's log-start semantics: never a hole, never the last object), each
 object qualifying by one of three rules:
 
-- **time retention**, any topic whose ``cleanup.policy`` is not ``compact``: the object was
-  written more than the topic's ``retention.ms`` ago (what Kafka does with segments);
-- **consumed**, the pipeline's data-flow topics only (the raw topics of its sources and
-  the canonical topic): every record of the object lies below the committed offset of
-  *every* consumer group that committed on the partition (hosepipe's worker and sink, and
-  any group of yours), and it was written more than ``HOSEPIPE_EMBEDDED_BROKER_KEEP``
-  seconds ago. A partition no group committed on is never trimmed by this rule;
-- **file log**: announcements older than the keep horizon. The selector lists the lake at
-  start and falls back to a listing whenever its position left the log, so it never needs
-  old announcements.
+- **consumed**, the pipeline's data-flow topics (the raw topics of its sources and the
+  canonical topic), and only this rule there: every record of the object lies below the
+  committed offset of *every* consumer group that committed on the partition (hosepipe's
+  worker or sink, which must have committed, and any group of yours), and the object was
+  written more than ``HOSEPIPE_EMBEDDED_BROKER_KEEP`` seconds ago. Nothing unconsumed goes;
+- **time retention**, every other topic whose ``cleanup.policy`` is not ``compact``: the
+  object was written more than the topic's ``retention.ms`` ago (what Kafka does with
+  segments), looked at every 5 minutes;
+- **file log**: announcements older than the keep horizon, at least an hour. The selector
+  lists the lake at start and whenever it meets a gap in the log, so it never needs old
+  announcements.
 
 Compacted topics (the poller cursors) and topics kept forever (``retention.ms=-1``) are left
 alone. Only the embedded stack with ``s3`` broker storage runs this; the layout it deletes
@@ -52,6 +54,10 @@ BATCH_KEY = re.compile(
     r"/records/(?P<offset>\d{20})\.batch$"
 )
 DELETE_CHUNK = 1000  # DeleteObjects takes at most 1,000 keys
+# The selector needs no old announcements, but one whose pass takes longer than the keep
+# would meet a gap every time and list the whole lake again: an hour of announcements is
+# ~1,800 small objects at one flush every 2 s.
+FILE_LOG_MIN_KEEP_S = 3600.0
 # Topics trimmed by time only (DLQ, changelogs) are listed at most this often, as Kafka
 # checks retention every 5 minutes (log.retention.check.interval.ms): a 7-day DLQ can hold
 # hundreds of thousands of objects, and listing them every pass would cost more than it saves.
@@ -139,11 +145,14 @@ def partition_rule(
     """The rule for one partition of ``topic``; None when nothing of it may ever go."""
     if "compact" in configs.get("cleanup.policy", "delete"):
         return None
+    if topic in data_topics:
+        # Consumed records only, never by time: a stack stopped for longer than retention.ms
+        # with a backlog must still process it (nothing unconsumed is ever trimmed).
+        return TrimRule(None, consumed_below, keep_s)
     retention = retention_seconds(configs)
     if topic == file_log:
-        retention = keep_s if retention is None else min(retention, keep_s)
-    if topic in data_topics:
-        return TrimRule(retention, consumed_below, keep_s)
+        horizon = max(keep_s, FILE_LOG_MIN_KEEP_S)
+        retention = horizon if retention is None else min(retention, horizon)
     if retention is None:
         return None
     return TrimRule(retention)
@@ -166,8 +175,14 @@ def group_by_partition(
 
 def min_committed(
     offsets_by_group: Mapping[str, Mapping[tuple[str, int], int]],
+    required: Mapping[str, str] | None = None,
 ) -> dict[tuple[str, int], int]:
-    """The smallest committed offset per partition over every group that committed on it."""
+    """The smallest committed offset per partition over every group that committed on it.
+
+    ``required`` maps a topic to the group that must have committed on a partition for it
+    to count at all (hosepipe's own reader of that topic): a fresh sink that has committed
+    nothing yet must not let a group of yours decide what it will never read.
+    """
     lowest: dict[tuple[str, int], int] = {}
     for offsets in offsets_by_group.values():
         for partition, offset in offsets.items():
@@ -175,6 +190,10 @@ def min_committed(
                 continue  # no commit on this partition
             if partition not in lowest or offset < lowest[partition]:
                 lowest[partition] = offset
+    for key in list(lowest):
+        group = (required or {}).get(key[0])
+        if group is not None and offsets_by_group.get(group, {}).get(key, -1) < 0:
+            del lowest[key]
     return lowest
 
 
@@ -202,6 +221,7 @@ class BrokerTrimmer:
         *,
         data_topics: Iterable[str],
         file_log: str,
+        required_groups: Mapping[str, str] | None = None,
         timeout: float = 10.0,
     ) -> None:
         from hosepipe.kafka import make_admin
@@ -212,6 +232,7 @@ class BrokerTrimmer:
         self.keep_s = settings.embedded_broker_keep
         self.data_topics = frozenset(data_topics)
         self.file_log = file_log
+        self.required_groups = dict(required_groups or {})
         self._admin = make_admin(settings)
         self._listed_at: dict[str, float] = {}
 
@@ -221,12 +242,17 @@ class BrokerTrimmer:
     ) -> BrokerTrimmer:
         """A trimmer whose data-flow topics are ``pipeline``'s raw and canonical topics."""
         topics = pipeline.topics
+        raw = [topics.raw_topic(name) for name in pipeline.sources]
         return cls(
             settings,
             s3,
             bucket,
-            data_topics=[topics.canonical, *(topics.raw_topic(name) for name in pipeline.sources)],
+            data_topics=[topics.canonical, *raw],
             file_log=topics.file_log,
+            required_groups={
+                topics.canonical: pipeline.sink.consumer_group,
+                **dict.fromkeys(raw, pipeline.streams.consumer_group),
+            },
         )
 
     # ------------------------------------------------------------------ broker reads
@@ -282,7 +308,14 @@ class BrokerTrimmer:
             answer = self.s3.list_objects_v2(Bucket=self.bucket, Prefix="clusters/", Delimiter="/")
         except Exception as exc:
             raise BrokerTrimError(f"listing s3://{self.bucket}/clusters/: {exc}") from exc
-        return [entry["Prefix"] for entry in answer.get("CommonPrefixes", [])]
+        clusters = [entry["Prefix"] for entry in answer.get("CommonPrefixes", [])]
+        if len(clusters) > 1:
+            # The configs and offsets read are this broker's; another cluster's are unknown.
+            raise BrokerTrimError(
+                f"s3://{self.bucket}/ holds {len(clusters)} Tansu clusters ({clusters}); "
+                "the trim only handles a bucket of one broker"
+            )
+        return clusters
 
     def _listing(self, topics: Iterable[str]) -> Iterator[tuple[str, float]]:
         """``(key, written_at)`` of the objects of ``topics`` only: a topic kept forever
@@ -301,10 +334,13 @@ class BrokerTrimmer:
     def _delete(self, keys: Sequence[str]) -> None:
         for start in range(0, len(keys), DELETE_CHUNK):
             chunk = keys[start : start + DELETE_CHUNK]
-            answer = self.s3.delete_objects(
-                Bucket=self.bucket,
-                Delete={"Objects": [{"Key": key} for key in chunk], "Quiet": True},
-            )
+            try:
+                answer = self.s3.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": key} for key in chunk], "Quiet": True},
+                )
+            except Exception as exc:
+                raise BrokerTrimError(f"deleting from s3://{self.bucket}: {exc}") from exc
             errors = answer.get("Errors") or []
             if errors:
                 first = errors[0]
@@ -320,7 +356,7 @@ class BrokerTrimmer:
         # Offsets first, listing second: a commit that lands in between only makes the
         # pass keep more than it could have.
         configs = self._topic_configs()
-        lowest = min_committed(self._committed())
+        lowest = min_committed(self._committed(), self.required_groups)
         moment = time.time() if now is None else now
         trimmable: list[str] = []
         for topic, topic_configs in sorted(configs.items()):
@@ -335,9 +371,9 @@ class BrokerTrimmer:
             last = self._listed_at.get(topic)
             if time_only and last is not None and moment - last < TIME_ONLY_CHECK_S:
                 continue
-            self._listed_at[topic] = moment
             trimmable.append(topic)
         objects = group_by_partition(self._listing(trimmable))
+        self._listed_at.update(dict.fromkeys(trimmable, moment))  # only once listed
         report = TrimReport()
         for (topic, partition), batches in sorted(objects.items()):
             rule = self._rule(topic, configs[topic], lowest.get((topic, partition)))

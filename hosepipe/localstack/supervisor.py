@@ -776,6 +776,7 @@ def run_stack(
         if child.spec.port_setting is None and not child.spec.demo_only:
             child.metrics_port = free_port()
     counters: LiveCounters | None = None
+    trim_stop = threading.Event()  # also set when a dead server ends the stack
     code = 0
     with _stop_signals(stop):
         try:
@@ -793,7 +794,7 @@ def run_stack(
                     return 0
             for child in children:
                 child.start(base_env)
-            start_broker_trim(child_settings, plan, config_file, stop)
+            start_broker_trim(child_settings, plan, config_file, trim_stop)
             save_state(ready=True)
             _print_endpoints(rows, ready_after)
             if on_ready is not None:
@@ -802,6 +803,7 @@ def run_stack(
             counters.start()
             code = _supervise(children, servers, base_env, stop, save_state)
         finally:
+            trim_stop.set()
             if counters is not None:
                 counters.stop()
             stop_children(children)

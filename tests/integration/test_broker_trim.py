@@ -62,10 +62,19 @@ class TrimKit:
         )
 
     def trimmer(
-        self, data_topics: list[str], file_log: str = "no-file-log", keep: float = 0.0
+        self,
+        data_topics: list[str],
+        file_log: str = "no-file-log",
+        keep: float = 0.0,
+        required_groups: dict[str, str] | None = None,
     ) -> BrokerTrimmer:
         return BrokerTrimmer(
-            self.settings(keep), self.s3, self.bucket, data_topics=data_topics, file_log=file_log
+            self.settings(keep),
+            self.s3,
+            self.bucket,
+            data_topics=data_topics,
+            file_log=file_log,
+            required_groups=required_groups,
         )
 
     def topic(self, prefix: str, **configs: str) -> str:
@@ -169,7 +178,8 @@ def test_consumed_records_stay_for_the_keep_horizon(trim_kit: TrimKit) -> None:
 def test_without_a_commit_or_outside_the_data_topics_only_retention_counts(
     trim_kit: TrimKit,
 ) -> None:
-    uncommitted = trim_kit.topic("raw")
+    # a data topic is never trimmed by time, even past a short retention.ms
+    uncommitted = trim_kit.topic("raw", **{"retention.ms": "60000"})
     other = trim_kit.topic("changelog", **{"retention.ms": "60000"})
     for topic in (uncommitted, other):
         trim_kit.produce(topic, range(4))
@@ -180,7 +190,7 @@ def test_without_a_commit_or_outside_the_data_topics_only_retention_counts(
     a_minute_later = time.time() + 61
     report = trim_kit.trimmer([uncommitted]).trim_once(now=a_minute_later)
     assert report.deleted.get(other) == 3  # its retention.ms
-    assert report.deleted.get(uncommitted) is None  # 7 days
+    assert report.deleted.get(uncommitted) is None
     assert trim_kit.offsets(uncommitted) == list(range(4))
     assert trim_kit.read(other, trim_kit.name("new")) == [3]
 
@@ -202,10 +212,10 @@ def test_compacted_and_forever_topics_are_never_trimmed(trim_kit: TrimKit) -> No
 def test_the_file_log_keeps_only_the_horizon(trim_kit: TrimKit) -> None:
     file_log = trim_kit.topic("lake-files")
     trim_kit.produce(file_log, range(6))
-    trimmer = trim_kit.trimmer([], file_log=file_log, keep=600)
+    trimmer = trim_kit.trimmer([], file_log=file_log, keep=60)  # at least an hour for it
 
-    assert trimmer.trim_once().deleted.get(file_log) is None
-    assert trimmer.trim_once(now=time.time() + 601).deleted.get(file_log) == 5
+    assert trimmer.trim_once(now=time.time() + 61).deleted.get(file_log) is None
+    assert trimmer.trim_once(now=time.time() + 3601).deleted.get(file_log) == 5
     assert trim_kit.read(file_log, trim_kit.name("selector")) == [5]
 
 
@@ -223,8 +233,8 @@ def test_a_selector_behind_a_trimmed_file_log_lists_the_lake_once(trim_kit: Trim
         announcement = encode_landed("events.canonical", {0: i}, [LandedFile(f"f{i}", 1, 0)])
         producer.produce(file_log, announcement, partition=0)
         producer.flush(10)
-    trimmer = trim_kit.trimmer([], file_log=file_log, keep=600)
-    assert trimmer.trim_once(now=time.time() + 601).deleted.get(file_log) == 5
+    trimmer = trim_kit.trimmer([], file_log=file_log)
+    assert trimmer.trim_once(now=time.time() + 3601).deleted.get(file_log) == 5
 
     reader = FileLogReader(trim_kit.settings(), file_log)
     try:
@@ -246,3 +256,31 @@ def test_topics_trimmed_by_time_only_are_checked_every_five_minutes(trim_kit: Tr
     assert trimmer.trim_once(now=began).deleted.get(dlq) is None  # listed: nothing expired
     assert trimmer.trim_once(now=began + 61).deleted.get(dlq) is None  # expired, not listed
     assert trimmer.trim_once(now=began + 301).deleted.get(dlq) == 2
+
+
+def test_a_group_of_yours_cannot_trim_what_the_sink_has_not_read(trim_kit: TrimKit) -> None:
+    canonical = trim_kit.topic("canonical")
+    trim_kit.produce(canonical, range(10))
+    trim_kit.commit("yours-" + canonical, canonical, 10)
+    sink = "sink-" + canonical
+    trimmer = trim_kit.trimmer([canonical], required_groups={canonical: sink})
+
+    assert trimmer.trim_once().deleted.get(canonical) is None  # the sink never committed
+    trim_kit.commit(sink, canonical, 4)
+    assert trimmer.trim_once().deleted.get(canonical) == 4
+    assert trim_kit.read(canonical, sink, start=4) == list(range(4, 10))
+
+
+def test_reading_a_trimmed_topic_from_the_start_yields_each_record_once(
+    trim_kit: TrimKit,
+) -> None:
+    """``hosepipe dlq list`` and ``hosepipe stats`` read from the beginning: after a trim they
+    start at the oldest kept record and see each record once."""
+    from streams.dlq import read_topic
+
+    dlq = trim_kit.topic("dlq", **{"retention.ms": "60000"})
+    trim_kit.produce(dlq, range(8))
+    assert trim_kit.trimmer([]).trim_once(now=time.time() + 61).deleted.get(dlq) == 7
+
+    entries = list(read_topic(trim_kit.settings(), dlq))
+    assert [(e.offset, int(e.value)) for e in entries] == [(7, 7)]

@@ -102,16 +102,20 @@ def test_retention_seconds() -> None:
 def test_partition_rules_by_topic_kind() -> None:
     common = {"data_topics": frozenset({"raw.orders"}), "file_log": "lake-files", "keep_s": 600.0}
     week = {"retention.ms": "604800000"}
-    assert partition_rule("raw.orders", week, 42, **common) == TrimRule(604800.0, 42, 600.0)
+    # data topics: consumed records only, never by time (a backlog outlives retention.ms)
+    assert partition_rule("raw.orders", week, 42, **common) == TrimRule(None, 42, 600.0)
+    assert partition_rule("raw.orders", {"retention.ms": "1"}, None, **common) == TrimRule(
+        None, None, 600.0
+    )
     # other topics never use committed offsets (the dedupe changelog must survive them)
     assert partition_rule("changelog", week, 42, **common) == TrimRule(604800.0)
-    assert partition_rule("lake-files", week, None, **common) == TrimRule(600.0)
-    assert partition_rule("lake-files", {"retention.ms": "-1"}, None, **common) == TrimRule(600.0)
+    # the file log keeps at least an hour, so a slow selector pass does not meet a gap
+    assert partition_rule("lake-files", week, None, **common) == TrimRule(3600.0)
+    assert partition_rule("lake-files", {"retention.ms": "-1"}, None, **common) == TrimRule(3600.0)
+    long_keep = {**common, "keep_s": 7200.0}
+    assert partition_rule("lake-files", week, None, **long_keep) == TrimRule(7200.0)
     assert partition_rule("stats", {"retention.ms": "-1"}, 7, **common) is None
     assert partition_rule("raw.orders", {"cleanup.policy": "compact"}, 42, **common) is None
-    assert partition_rule("raw.orders", {"retention.ms": "-1"}, 42, **common) == TrimRule(
-        None, 42, 600.0
-    )
 
 
 def test_group_by_partition_parses_tansu_keys() -> None:
@@ -137,3 +141,12 @@ def test_min_committed_over_groups() -> None:
         }
     )
     assert lowest == {("raw.a", 0): 40, ("raw.a", 1): 7}
+
+
+def test_a_required_group_without_a_commit_stops_the_consumed_rule() -> None:
+    offsets = {"yours": {("events.canonical", 0): 500, ("events.canonical", 1): 500}}
+    offsets["hosepipe-sink"] = {("events.canonical", 1): 300}
+    required = {"events.canonical": "hosepipe-sink"}
+    # partition 0: the sink has not committed (a fresh sink, the lake down): keep all
+    assert min_committed(offsets, required) == {("events.canonical", 1): 300}
+    assert min_committed(offsets) == {("events.canonical", 0): 500, ("events.canonical", 1): 300}
