@@ -29,12 +29,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
 
 
 def wait_for_state(data_dir: Path, timeout: float = 120) -> dict[str, Any]:
@@ -87,15 +89,16 @@ def run(label: str, trim: bool, minutes: float, every: float) -> list[tuple[floa
     samples: list[tuple[float, float]] = []
     try:
         state = wait_for_state(data_dir)
-        pids = {p["name"]: p["pid"] for p in state["processes"]}
+        servers = {p["name"]: psutil.Process(p["pid"]) for p in state["processes"]}
+        s3_server, broker = servers["s3"], servers["broker"]
         began = time.monotonic()
-        previous = (cpu_seconds(pids["s3"]), cpu_seconds(pids["broker"]))
+        previous = (cpu_seconds(s3_server), cpu_seconds(broker))
         print(f"\n{label}: data dir {data_dir}", flush=True)
         print("| minute | S3 server, % of a core | broker, % of a core |", flush=True)
         print("|---|---|---|", flush=True)
         while time.monotonic() - began < minutes * 60:
             time.sleep(every)
-            now = (cpu_seconds(pids["s3"]), cpu_seconds(pids["broker"]))
+            now = (cpu_seconds(s3_server), cpu_seconds(broker))
             s3_share = 100 * (now[0] - previous[0]) / every
             broker_share = 100 * (now[1] - previous[1]) / every
             minute = (time.monotonic() - began) / 60
