@@ -102,8 +102,16 @@ class TopicsConfig(Strict):
     partitions: int = Field(4, ge=1, le=10_000, description="Partitions of each created topic.")
     replication_factor: int = Field(1, ge=1, le=16, description="Replication factor.")
     configs: dict[str, str] = Field(
-        default_factory=lambda: {"retention.ms": "604800000", "retention.bytes": "-1"},
-        description="Topic configs applied at creation (retention, compression, ...).",
+        default_factory=lambda: {
+            "retention.ms": "604800000",
+            "retention.bytes": "-1",
+            "max.message.bytes": "8388608",
+        },
+        description=(
+            "Topic configs applied at creation (retention, compression, ...). Keys left out "
+            "keep these defaults; the stream worker sizes its producer batches by the "
+            "canonical and DLQ topics' max.message.bytes."
+        ),
     )
 
     def raw_topic(self, source: str) -> str:

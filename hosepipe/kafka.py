@@ -8,8 +8,10 @@ embedded broker):
   ``linger.ms=100``: on the embedded broker every produce request becomes S3 writes (one
   object per partition batch), and a producer trickling events with ``linger.ms=5`` kept
   SeaweedFS busy for 62 % of a core at 2,000 events/s against 26 % with 100 ms (see
-  docs/benchmarks.md, "Broker on S3"). Paths that wait on each delivery (HTTP ingest) or
-  flush explicitly (the stream worker) set their own;
+  docs/benchmarks.md, "Broker on S3"). Paths that wait on each delivery (HTTP ingest) set
+  their own. For the same reason the stream worker's ``batch.size`` grows with the topics'
+  ``max.message.bytes`` (:func:`batch_bytes_for`): librdkafka's default of 1,000,000 bytes
+  split each worker batch into three or more S3 objects per partition;
 - consumer: ``enable.auto.commit=false`` (components commit after their output is durable),
   ``auto.offset.reset=earliest``, ``session.timeout.ms=6000`` and
   ``heartbeat.interval.ms=1000`` (Tansu lets a member join only after about half the session
@@ -22,6 +24,8 @@ not valid in keyword names, pass them as ``**{"linger.ms": 20}``.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -30,12 +34,20 @@ if TYPE_CHECKING:
 
     from hosepipe.settings import Settings
 
+log = logging.getLogger(__name__)
+
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "enable.idempotence": True,
     "acks": "all",
     "linger.ms": 100,
     "compression.type": "lz4",
 }
+# librdkafka's own ``batch.size``: under the 1,048,588-byte topic limit of a Kafka broker's
+# defaults whatever the compression.
+LIBRDKAFKA_BATCH_BYTES = 1_000_000
+# The largest ``batch.size`` hosepipe asks for: a message set per partition of a worker batch
+# of 10,000 typical events (~3 MB before lz4).
+MAX_BATCH_BYTES = 8 * 1024 * 1024
 CONSUMER_DEFAULTS: dict[str, Any] = {
     "enable.auto.commit": False,
     "auto.offset.reset": "earliest",
@@ -88,6 +100,63 @@ def make_admin(settings: Settings, **overrides: Any) -> AdminClient:
     from confluent_kafka.admin import AdminClient
 
     return AdminClient(admin_config(settings, **overrides))
+
+
+def batch_bytes_for(topic_limits: Iterable[int | None]) -> int:
+    """The producer ``batch.size`` whose batches every one of ``topic_limits`` accepts (pure).
+
+    ``topic_limits`` are the topics' ``max.message.bytes`` (``None``: not known). A broker
+    refuses a batch above that limit, measured after compression, while ``batch.size`` counts
+    bytes before it; 1/32 below the smallest limit leaves room for lz4's worst case on
+    incompressible data (+0.4 %) and the batch framing. Unknown limits give librdkafka's
+    default; the result is capped at :data:`MAX_BATCH_BYTES`.
+    """
+    limits = list(topic_limits)
+    if not limits or any(limit is None for limit in limits):
+        return LIBRDKAFKA_BATCH_BYTES
+    smallest = min(limit for limit in limits if limit is not None)
+    return max(1, min(MAX_BATCH_BYTES, smallest - smallest // 32))
+
+
+def topic_max_message_bytes(
+    admin: AdminClient, topics: Iterable[str], timeout: float = 15.0
+) -> dict[str, int | None]:
+    """Each topic's ``max.message.bytes`` as the broker reports it.
+
+    ``None`` where the broker reports none (Tansu returns only the configs given at
+    creation) or cannot be asked: callers then keep librdkafka's defaults.
+    """
+    from confluent_kafka.admin import ConfigResource
+
+    limits: dict[str, int | None] = {}
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in topics]
+    for resource, future in admin.describe_configs(resources).items():
+        try:
+            entry = future.result(timeout=timeout).get("max.message.bytes")
+            limits[resource.name] = int(entry.value) if entry and entry.value else None
+        except Exception as exc:  # a broker without DescribeConfigs: the safe default
+            log.warning(
+                "cannot read max.message.bytes of topic %s: %s",
+                resource.name,
+                exc,
+                extra={"topic": resource.name},
+            )
+            limits[resource.name] = None
+    return limits
+
+
+def output_batch_bytes(admin: AdminClient, topics: list[str]) -> int:
+    """The ``batch.size`` for a producer writing ``topics``, from their limits on the broker."""
+    limits = topic_max_message_bytes(admin, topics)
+    batch_bytes = batch_bytes_for(limits.values())
+    log.info(
+        "producer batch.size %d for topics %s (max.message.bytes %s)",
+        batch_bytes,
+        ", ".join(topics),
+        ", ".join("unknown" if limit is None else str(limit) for limit in limits.values()),
+        extra={"batch_bytes": batch_bytes, "topics": topics},
+    )
+    return batch_bytes
 
 
 def ensure_single_partition_topic(

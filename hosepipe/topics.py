@@ -7,6 +7,10 @@ repeat: topics that exist are left alone (their settings are not changed) and re
 ``retention.ms`` and ``retention.bytes`` are always set explicitly at creation (Kafka's
 defaults, 7 days and unbounded, unless configured): Tansu's DescribeConfigs returns only the
 configs given at creation and some clients (quixstreams) need these two.
+``max.message.bytes`` is 8 MiB (Kafka's default is 1 MiB): the stream worker sizes its
+producer batches from it (:func:`hosepipe.kafka.batch_bytes_for`), and on the embedded broker
+every batch is an S3 object, so bigger batches mean fewer S3 requests; a canonical event made
+from a record at the default ``max_record_bytes`` also fits without tuning the broker.
 """
 
 from __future__ import annotations
@@ -23,7 +27,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXPLICIT_CONFIG_DEFAULTS = {"retention.ms": "604800000", "retention.bytes": "-1"}
+TOPIC_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+EXPLICIT_CONFIG_DEFAULTS = {
+    "retention.ms": "604800000",
+    "retention.bytes": "-1",
+    "max.message.bytes": str(TOPIC_MAX_MESSAGE_BYTES),
+}
 
 
 class TopicError(Exception):

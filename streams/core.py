@@ -108,6 +108,18 @@ ORIGINAL_BYTES_HEADER = "hosepipe.original.bytes"
 _MESSAGE_OVERHEAD = 4096  # record framing librdkafka counts beyond key, value and headers
 
 
+def _headers_bytes(headers: Sequence[tuple[str, bytes | None]]) -> int:
+    return sum(len(name) + len(data or b"") + 16 for name, data in headers)
+
+
+def message_bytes(
+    key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]]
+) -> int:
+    """What a message counts against the worker's per-message limit (an upper bound of
+    librdkafka's count: key, value, serialized headers and record framing)."""
+    return len(key or b"") + len(value or b"") + _headers_bytes(headers) + _MESSAGE_OVERHEAD
+
+
 def fit_dead_letter(
     key: bytes | None,
     value: bytes | None,
@@ -127,14 +139,10 @@ def fit_dead_letter(
         (TRUNCATED_HEADER, b"true"),
     ]
     fitted = headers + marks
-
-    def size(items: list[tuple[str, bytes]]) -> int:
-        return sum(len(name) + len(data or b"") + 16 for name, data in items)
-
     budget = max_bytes - len(key or b"") - _MESSAGE_OVERHEAD
-    if size(fitted) > budget // 2:
+    if _headers_bytes(fitted) > budget // 2:
         fitted = [(n, v) for n, v in headers if n.startswith(HEADER_PREFIX)] + marks
-    return original[: max(budget - size(fitted), 0)], fitted
+    return original[: max(budget - _headers_bytes(fitted), 0)], fitted
 
 
 @dataclass(slots=True)

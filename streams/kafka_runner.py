@@ -51,6 +51,7 @@ from streams.core import (
     StreamCore,
     encode_one_by_one,
     fit_dead_letter,
+    message_bytes,
     now_micros,
 )
 from streams.dedupe import (
@@ -173,6 +174,7 @@ class KafkaRunner(EngineBase[RunnerOptions]):
         self._producer: Producer | None = None
         self._state_producer: Producer | None = None
         self.max_message_bytes = max_message_bytes(pipeline)
+        self.batch_bytes = 0  # the output producer's batch.size, read from the topics in run()
         self.ready = threading.Event()
 
     # ------------------------------------------------------------------ lifecycle
@@ -187,22 +189,34 @@ class KafkaRunner(EngineBase[RunnerOptions]):
     def run(self) -> None:
         """Consume, process, produce, remember, commit — until stopped."""
         from hosepipe.avro import make_encoder
-        from hosepipe.kafka import make_consumer, make_producer
+        from hosepipe.kafka import make_admin, make_consumer, make_producer, output_batch_bytes
 
         settle_garbage_collector(100_000, 50, 100)  # batches of many short-lived dicts
         self._ensure_internal_topics()
         self.encoder = make_encoder(self.settings, self.pipeline.topics.canonical)
         self._write_events = fast_writer_for(self.encoder)
+        topics = self.pipeline.topics
+        self.batch_bytes = output_batch_bytes(
+            make_admin(self.settings), [topics.canonical, topics.dlq]
+        )
         # Canonical events and dead letters: delivery reports only for failures (a Python
         # callback per delivered message measured ~7 % of the per-event cost); flush()
         # returning 0 with no failure reported means every message was acknowledged.
+        # A batch is produced in well under 100 ms while the previous one is awaited, so with
+        # linger.ms=100 and a batch.size from the topics' limits it leaves as one message set
+        # per partition (one S3 object on the embedded broker: a third of the objects of
+        # linger.ms=5 and ~7 CPU s less of the S3 server per million events); flush() sends
+        # at once whatever the linger, so an idle input waits for nothing.
         self._producer = make_producer(
             self.settings,
             on_delivery=self._on_delivery,
             **{
-                "linger.ms": 5,
+                "linger.ms": 100,
+                "batch.size": self.batch_bytes,
                 "delivery.report.only.error": True,
-                "message.max.bytes": self.max_message_bytes,
+                # librdkafka also caps a message set at message.max.bytes; the per-message
+                # limit (max_message_bytes) is checked in _emit instead.
+                "message.max.bytes": max(self.max_message_bytes, self.batch_bytes),
             },
         )
         # Changelog and stats: few messages, full reports (changelog offsets come from them).
@@ -341,8 +355,12 @@ class KafkaRunner(EngineBase[RunnerOptions]):
         canonical = self.pipeline.topics.canonical
         produce = producer.produce
         too_large: list[tuple[CanonicalOutput, int]] = []
+        limit = self.max_message_bytes
         for output, value in zip(outputs, values, strict=True):
             key = output.event["event_id"].encode()
+            if len(key) + len(value) > limit:  # what librdkafka counts for a headerless message
+                too_large.append((output, len(value)))
+                continue
             while True:
                 try:
                     produce(canonical, value, key)
@@ -359,9 +377,12 @@ class KafkaRunner(EngineBase[RunnerOptions]):
         dlq = self.pipeline.topics.dlq
         for letter in result.dead_letters:
             record = letter.record
+            letter_value = record.value
             headers = letter.headers()
+            if message_bytes(record.key, letter_value, headers) > limit:
+                letter_value, headers = fit_dead_letter(record.key, letter_value, headers, limit)
             try:
-                self._produce(produce, dlq, record.key, record.value, headers)
+                self._produce(produce, dlq, record.key, letter_value, headers)
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
                     raise
@@ -385,7 +406,7 @@ class KafkaRunner(EngineBase[RunnerOptions]):
                     "encode",
                     EventTooLarge.__name__,
                     f"canonical event {output.event['event_id']!r} is {size} bytes, over the "
-                    f"worker producer's message.max.bytes {self.max_message_bytes} "
+                    f"worker's per-message limit {self.max_message_bytes} "
                     "(raise the source's max_record_bytes limit carefully or shrink the payload)",
                     now,
                 )

@@ -7,8 +7,7 @@ groups commit, runs one pass and checks both the bucket and what consumers can s
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,27 +15,6 @@ import pytest
 from hosepipe.localstack.broker_trim import BrokerTrimmer, group_by_partition
 from hosepipe.settings import Settings
 from tests.conftest import S3Endpoint
-
-
-@pytest.fixture(scope="module")
-def s3_broker(
-    server_backend: str, s3_server: S3Endpoint, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, str]]:
-    """``(bootstrap, bucket)`` of a Tansu broker with s3:// storage (embedded backend only)."""
-    if server_backend == "docker":
-        pytest.skip("the trim works on Tansu's S3 layout; the docker backend runs Apache Kafka")
-    from hosepipe.localstack.servers import BrokerS3Storage, free_port, start_broker
-
-    bucket = f"trim-{uuid.uuid4().hex[:8]}"
-    s3_server.client().create_bucket(Bucket=bucket)
-    storage = BrokerS3Storage(
-        bucket, s3_server.endpoint_url, s3_server.access_key, s3_server.secret_key
-    )
-    broker = start_broker(tmp_path_factory.mktemp("trim-broker"), free_port(), s3=storage)
-    try:
-        yield broker.bootstrap, bucket
-    finally:
-        broker.stop()
 
 
 @pytest.fixture

@@ -7,7 +7,12 @@ from collections.abc import Callable
 import pytest
 
 from hosepipe.config import parse_pipeline
-from hosepipe.kafka import make_admin
+from hosepipe.kafka import (
+    LIBRDKAFKA_BATCH_BYTES,
+    batch_bytes_for,
+    make_admin,
+    topic_max_message_bytes,
+)
 from hosepipe.settings import Settings
 from hosepipe.topics import ensure_topics, topic_names
 
@@ -51,3 +56,19 @@ sources:
     configs = admin.describe_configs([resource])[resource].result(timeout=10)
     assert configs["retention.ms"].value == "7200000"
     assert configs["retention.bytes"].value == "-1"
+    # the limit the stream worker sizes its batches by, as the broker reports it back
+    assert topic_max_message_bytes(admin, expected) == dict.fromkeys(expected, 8 * 1024 * 1024)
+
+
+def test_a_topic_created_elsewhere_keeps_the_default_batch_size(
+    kafka_bootstrap: str, unique_name: Callable[..., str]
+) -> None:
+    from confluent_kafka.admin import NewTopic
+
+    topic = unique_name("plain")
+    admin = make_admin(Settings(_env_file=None, kafka_bootstrap=kafka_bootstrap))  # type: ignore[call-arg]
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
+    limits = topic_max_message_bytes(admin, [topic])
+    # Tansu reports no limit it was not given; Apache Kafka reports its default (1,048,588)
+    assert limits[topic] in (None, 1_048_588)
+    assert batch_bytes_for(limits.values()) <= LIBRDKAFKA_BATCH_BYTES + 16 * 1024

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from hosepipe.config import parse_pipeline
-from hosepipe.kafka import consumer_config, producer_config
+from hosepipe.kafka import (
+    LIBRDKAFKA_BATCH_BYTES,
+    MAX_BATCH_BYTES,
+    batch_bytes_for,
+    consumer_config,
+    producer_config,
+)
 from hosepipe.settings import Settings
 from hosepipe.topics import TopicError, topic_names
 
@@ -30,7 +36,38 @@ def test_plan_has_raw_canonical_and_dlq_with_explicit_retention() -> None:
     assert plan.names() == ["in.web", "in.orders", "canon", "events.dlq"]
     assert plan.raw == {"web": "in.web", "orders": "in.orders"}
     assert plan.partitions == 3 and plan.replication_factor == 1
-    assert plan.configs == {"retention.ms": "3600000", "retention.bytes": "-1"}
+    assert plan.configs == {
+        "retention.ms": "3600000",
+        "retention.bytes": "-1",
+        "max.message.bytes": "8388608",
+    }
+
+
+def test_plan_configs_override_the_message_limit() -> None:
+    plan = topic_names(
+        parse_pipeline(PIPELINE.replace('"3600000"', '"1", "max.message.bytes": "2000000"'))
+    )
+    assert plan.configs["max.message.bytes"] == "2000000"
+
+
+@pytest.mark.parametrize(
+    ("limits", "expected"),
+    [
+        ([8_388_608, 8_388_608], 8_126_464),  # hosepipe's topics: 1/32 below the limit
+        ([1_048_588], 1_015_820),  # a Kafka broker's default limit
+        ([8_388_608, 1_048_588], 1_015_820),  # the smallest limit counts
+        ([100_000_000], MAX_BATCH_BYTES),  # capped
+        ([8_388_608, None], LIBRDKAFKA_BATCH_BYTES),  # one limit unknown: the safe default
+        ([], LIBRDKAFKA_BATCH_BYTES),
+        ([10], 10),
+    ],
+)
+def test_batch_bytes_fit_every_topic_limit(limits: list[int | None], expected: int) -> None:
+    assert batch_bytes_for(limits) == expected
+    known = [limit for limit in limits if limit is not None]
+    if known and len(known) == len(limits) and min(known) >= 4096:
+        # lz4's worst case (+0.4 % and a frame header) on incompressible data still fits.
+        assert batch_bytes_for(limits) * 1.004 + 64 <= min(known)
 
 
 def test_plan_rejects_colliding_names() -> None:

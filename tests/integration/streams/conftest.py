@@ -296,14 +296,16 @@ def engine(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture
-def stage(kafka_bootstrap: str, tmp_path: Path, engine: str) -> Iterator[Stage]:
-    """A fresh pipeline (own topics and group) with its topics created."""
+def make_stage(
+    kafka_bootstrap: str, tmp_path: Path, engine: str, partitions: int = 4, batch_size: int = 500
+) -> Stage:
+    """A fresh pipeline (own topics and group) on ``kafka_bootstrap``, its topics created."""
     from hosepipe.topics import ensure_topics
 
     suffix = uuid.uuid4().hex[:10]
     source = "clicks"
-    tree = pipeline_yaml(source, f"t{suffix}", f"g{suffix}", partitions=4)
+    tree = pipeline_yaml(source, f"t{suffix}", f"g{suffix}", partitions=partitions)
+    tree["streams"]["batch_size"] = batch_size
     config_file = tmp_path / "hosepipe.yaml"
     config_file.write_text(yaml.safe_dump(tree), encoding="utf-8")
     settings = Settings(
@@ -315,7 +317,13 @@ def stage(kafka_bootstrap: str, tmp_path: Path, engine: str) -> Iterator[Stage]:
     )
     pipeline = parse_pipeline(config_file.read_text(), str(config_file))
     ensure_topics(settings, pipeline)
-    made = Stage(settings, pipeline, config_file, source, engine)
+    return Stage(settings, pipeline, config_file, source, engine)
+
+
+@pytest.fixture
+def stage(kafka_bootstrap: str, tmp_path: Path, engine: str) -> Iterator[Stage]:
+    """A fresh pipeline (own topics and group) with its topics created."""
+    made = make_stage(kafka_bootstrap, tmp_path, engine)
     yield made
     for runner in made.runners:
         runner.stop()

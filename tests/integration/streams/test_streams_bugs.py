@@ -1,6 +1,6 @@
 """Regressions of the kafka engine on a real broker: size limits never crash the worker.
 
-A canonical event over the producer's ``message.max.bytes`` becomes a dead letter
+A canonical event over the worker's per-message limit becomes a dead letter
 (``encode`` / ``EventTooLarge``); a dead letter over it is cut, with its original size in a
 header; the good records around them keep flowing and nothing is committed before delivery.
 """
@@ -21,7 +21,7 @@ from hosepipe.settings import Settings
 
 pytestmark = pytest.mark.integration
 
-LIMIT = 200_000  # the worker producer's message.max.bytes in this test
+LIMIT = 200_000  # the worker's per-message limit (max_message_bytes) in this test
 
 
 def pipeline(prefix: str) -> PipelineConfig:

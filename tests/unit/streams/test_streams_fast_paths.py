@@ -30,6 +30,7 @@ from streams.core import (
     RawRecord,
     StreamCore,
     fit_dead_letter,
+    message_bytes,
     never_seen,
 )
 from streams.dedupe import ID_PREFIX, TIME_PREFIX, PartitionStore, encode_time
@@ -225,6 +226,15 @@ def test_dead_letters_are_cut_to_the_limit_with_the_original_size() -> None:
     cut, marked = fit_dead_letter(None, value, [*headers, ("big", b"y" * 30_000)], 20_000)
     assert "big" not in dict(marked) and "hosepipe.source" in dict(marked)
     assert len(cut) > 0
+
+
+def test_a_cut_dead_letter_passes_the_check_that_cut_it() -> None:
+    headers = [("hosepipe.source", b"s"), ("trace", b"t" * 100)]
+    assert message_bytes(b"key", b"x" * 50_000, headers) > 20_000
+    cut, marked = fit_dead_letter(b"key", b"x" * 50_000, headers, 20_000)
+    assert message_bytes(b"key", cut, marked) <= 20_000
+    # the bound covers what librdkafka counts: key, value and headers
+    assert message_bytes(None, b"v" * 10, [("h", b"1")]) > 10 + 1 + 1
 
 
 def test_producer_limit_covers_the_largest_source_record() -> None:
