@@ -2,6 +2,7 @@
 
     python bench/e2e.py                        # 300,000 events, then 2,000 events/s for 30 s
     python bench/e2e.py --events 100000 --rate 2000 --seconds 30 --broker-storage memory
+    python bench/e2e.py --events 1000000 --sustain 20000 --seconds 0   # + 120 s at 20k/s
 
 Starts its own embedded servers on free loopback ports (SeaweedFS S3, Tansu, PostgreSQL,
 as ``hosepipe up`` does: broker topics in S3 unless ``--broker-storage memory``, durable
@@ -9,7 +10,8 @@ PostgreSQL), creates the topics of the pipeline file (default: the repository's
 ``hosepipe.yaml``, i.e. the embedded defaults: sink ``max_age`` 2 s with the late lane
 (``late_after`` 1 h), ``select --follow`` every 1 s, the ``orders`` rule table), runs
 ``hosepipe db upgrade``, then the components as child processes
-``python -m hosepipe worker|sink|select --follow``.
+``python -m hosepipe worker|sink|select --follow``, and the broker trim in a thread (as
+``hosepipe up`` does with S3 storage).
 
 Phases, each printed:
 
@@ -21,6 +23,10 @@ Phases, each printed:
    goes; sustained events/s = valid unique events / (first produce -> last one in
    ``events``); ``count(*)`` must equal what was sent. Per stage, the time each consumer
    group's committed offsets (worker on raw, sink on canonical) reached their final value;
+3b. **sustained** (``--sustain EVENTS_PER_S``): the demo mix paced at that many valid unique
+   events/s for ``--sustain-seconds``; the backlog (valid events sent minus rows in
+   ``events``, in seconds of input) is sampled every second, and the phase is met when
+   nothing is lost and at most 10 s of input is behind at its end;
 4. **latency**: clickstream events at a paced rate; every k-th event's send time is kept and
    PostgreSQL is polled for those ids: event-to-queryable p50/p95/p99; the canonical topic
    is tailed too (its key is the event id), which splits off the worker's share.
@@ -58,6 +64,7 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
 }
 CEILING_TOPIC = "bench.ceiling"
 S3_KEY, S3_SECRET = "bench", "bench-secret-key"
+BROKER_BUCKET = "tansu"
 
 
 # --------------------------------------------------------------------------- events
@@ -243,6 +250,21 @@ class Stack:
     work: Path
     servers: dict[str, Any] = field(default_factory=dict)
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    trim_stop: threading.Event = field(default_factory=threading.Event)
+
+    def start_broker_trim(self) -> None:
+        """Trim the broker's topics in S3 as ``hosepipe up`` does (s3 storage only): a long
+        run without it lists ever more batch objects on every fetch."""
+        from hosepipe.localstack.broker_trim import BrokerTrimmer
+
+        every = self.settings.embedded_broker_trim_every
+        if self.settings.embedded_broker_storage != "s3" or every <= 0:
+            return
+        s3 = self.servers["s3"].client()
+        trimmer = BrokerTrimmer.for_pipeline(self.settings, self.pipeline, s3, BROKER_BUCKET)
+        threading.Thread(
+            target=trimmer.run, args=(self.trim_stop, every), name="broker-trim", daemon=True
+        ).start()
 
     def env(self) -> dict[str, str]:
         from hosepipe.localstack.supervisor import settings_env
@@ -278,6 +300,7 @@ class Stack:
             raise SystemExit(f"components exited: {dead}; logs in {self.work}")
 
     def stop(self) -> None:
+        self.trim_stop.set()
         for process in self.children.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -307,12 +330,12 @@ def start_stack(work: Path, config_file: Path, broker_storage: str) -> Stack:
     from hosepipe.topics import ensure_topics
 
     pipeline = load_pipeline(config_file)
-    s3 = start_s3(work / "s3", free_port(), S3_KEY, S3_SECRET, ["lake", "tansu"])
+    s3 = start_s3(work / "s3", free_port(), S3_KEY, S3_SECRET, ["lake", BROKER_BUCKET])
     stack = Stack(None, pipeline, work, servers={"s3": s3})
     try:
         storage = None
         if broker_storage == "s3":
-            storage = BrokerS3Storage("tansu", s3.endpoint_url, S3_KEY, S3_SECRET)
+            storage = BrokerS3Storage(BROKER_BUCKET, s3.endpoint_url, S3_KEY, S3_SECRET)
         stack.servers["broker"] = broker = start_broker(work / "broker", free_port(), s3=storage)
         stack.servers["postgres"] = pg = start_postgres(work / "postgres", free_port())
         stack.settings = Settings(
@@ -346,6 +369,10 @@ def start_stack(work: Path, config_file: Path, broker_storage: str) -> Stack:
 
 
 # --------------------------------------------------------------------------- phases
+
+# The sustained phase keeps up when at its end no more input than this is still on its way:
+# the event-to-queryable target.
+SUSTAIN_MAX_BACKLOG_S = 10.0
 
 
 def rows_inserted(conn: Any) -> int:
@@ -429,6 +456,102 @@ def phase_throughput(stack: Stack, load: Workload, resources: Resources) -> dict
         "rows": rows_loaded,
         "distinct_all": distinct,
         "lost": load.expected - rows_loaded,
+        "cpu": {k: cpu_after.get(k, 0.0) - cpu_before.get(k, 0.0) for k in cpu_after},
+    }
+
+
+def phase_sustained(
+    stack: Stack, load: Workload, seconds: float, resources: Resources
+) -> dict[str, Any]:
+    """Pace ``load`` evenly over ``seconds``: does PostgreSQL keep up with the input?
+
+    Each second the backlog is sampled: valid events sent so far (the workload's share of
+    valid unique records) minus rows inserted into ``events``. A pipeline that keeps up
+    holds it steady (about the event-to-queryable delay times the rate); one that does not
+    lets it grow by the deficit every second. After the last send, the drain is the time
+    until every valid event is in ``events`` (exact counts once the sink has committed
+    everything, as in the throughput phase).
+    """
+    from hosepipe.kafka import make_producer
+
+    settings, pipeline = stack.settings, stack.pipeline
+    conn = pg_connect(stack.servers["postgres"])
+    base = conn.execute("select count(*) from events").fetchone()[0]
+    inserted_base = rows_inserted(conn)
+    canonical = [pipeline.topics.canonical]
+    sink_base = committed_total(settings, pipeline.sink.consumer_group, canonical)
+    producer = make_producer(settings)
+    failed: list[str] = []
+
+    def delivered(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failed.append(str(err))
+
+    records, n = load.records, len(load.records)
+    rate, valid_share = n / seconds, load.expected / n
+    samples: list[tuple[float, int, int]] = []  # (t, valid events sent, rows inserted)
+    cpu_before = resources.sample()
+    sent, next_sample = 0, 1.0
+    began = time.perf_counter()
+    while sent < n:
+        elapsed = time.perf_counter() - began
+        due = min(n, int(elapsed * rate))
+        while sent < due:
+            topic, key, value = records[sent]
+            try:
+                producer.produce(topic, value, key, on_delivery=delivered)
+            except BufferError:
+                producer.poll(0.05)
+                continue
+            sent += 1
+        producer.poll(0)
+        if elapsed >= next_sample:
+            loaded = rows_inserted(conn) - inserted_base
+            samples.append((elapsed, int(sent * valid_share), loaded))
+            next_sample += 1.0
+            stack.check_alive()
+        time.sleep(0.02)
+    sending_s = time.perf_counter() - began
+    left = producer.flush(120)
+    if failed or left:
+        raise SystemExit(f"produce failed: {len(failed)} errors ({failed[:3]}), {left} unsent")
+    target, rows = base + load.expected, base
+    deadline, last_change = time.perf_counter() + 600, time.perf_counter()
+    while rows < target:
+        stack.check_alive()
+        sink = committed_total(settings, pipeline.sink.consumer_group, canonical) - sink_base
+        now_rows = base + rows_inserted(conn) - inserted_base
+        if now_rows >= target or sink >= load.expected:
+            now_rows = conn.execute("select count(*) from events").fetchone()[0]
+        if now_rows != rows:
+            last_change = time.perf_counter()
+        rows = now_rows
+        if time.perf_counter() > deadline or time.perf_counter() - last_change > 180:
+            break
+        time.sleep(0.5)
+    done_s = time.perf_counter() - began
+    cpu_after = resources.sample()
+    conn.close()
+
+    def backlog_at(share: float) -> float:
+        """Backlog in seconds of input at ``share`` of the sending time."""
+        _, valid_sent, loaded = min(samples, key=lambda s: abs(s[0] - share * sending_s))
+        return max(valid_sent - loaded, 0) / (rate * valid_share)
+
+    half = [s for s in samples if s[0] >= sending_s / 2]
+    second_half_rate = (
+        (half[-1][2] - half[0][2]) / (half[-1][0] - half[0][0]) if len(half) > 1 else float("nan")
+    )
+    return {
+        "records": n,
+        "expected": load.expected,
+        "seconds": sending_s,
+        "rate": rate,
+        "valid_rate": load.expected / sending_s,
+        "backlog_s": {share: backlog_at(share) for share in (0.25, 0.5, 0.75, 1.0)},
+        "second_half_rate": second_half_rate,
+        "drain_s": done_s - sending_s if rows >= target else float("nan"),
+        "lost": target - rows,
         "cpu": {k: cpu_after.get(k, 0.0) - cpu_before.get(k, 0.0) for k in cpu_after},
     }
 
@@ -615,6 +738,7 @@ def report(
     warm: tuple[float, int],
     thr: dict[str, Any],
     lat: dict[str, Any] | None,
+    sus: dict[str, Any] | None,
     res: Resources,
     loads: tuple[str, str],
 ) -> None:
@@ -655,6 +779,15 @@ def report(
         "peer (stream stage, not run here): see docs/benchmarks.md '## Streams' and "
         "LOCAL_SERVICES: quixstreams ~20k/s, plain loop ~85-106k/s"
     )
+    if sus:
+        backlog = ", ".join(f"{share:.0%} {b:.1f} s" for share, b in sus["backlog_s"].items())
+        print(
+            f"\nsustained: {sus['records']:,} raw records paced at {sus['rate']:,.0f}/s for "
+            f"{sus['seconds']:.0f} s = {sus['valid_rate']:,.0f} valid unique events/s offered; "
+            f"rows/s into PostgreSQL over the second half {sus['second_half_rate']:,.0f}; "
+            f"backlog (seconds of input not yet in PostgreSQL) at {backlog}; "
+            f"all in PostgreSQL {sus['drain_s']:.1f} s after the last send (lost {sus['lost']:,})"
+        )
     if lat:
         print(
             f"\nlatency: {lat['sent']:,} events at {lat['rate']:,.0f}/s, {lat['samples']:,} "
@@ -665,11 +798,15 @@ def report(
             f"  of which raw -> canonical topic (worker): p50 {lat['canonical_p50']:.2f} s, "
             f"p95 {lat['canonical_p95']:.2f} s ({lat['canonical_samples']:,} samples seen)"
         )
-    print("\n| process | CPU s (throughput phase) | CPU s (whole run) | peak RSS MB |")
-    print("|---|---|---|---|")
+    print(
+        "\n| process | CPU s (throughput phase) | CPU s (sustained phase) | CPU s (whole run) "
+        "| peak RSS MB |"
+    )
+    print("|---|---|---|---|---|")
     for name in res.pids:
+        during = f"{sus['cpu'].get(name, 0):.1f}" if sus else "-"
         print(
-            f"| {name} | {thr['cpu'].get(name, 0):.1f} | {res.cpu.get(name, 0):.1f} | "
+            f"| {name} | {thr['cpu'].get(name, 0):.1f} | {during} | {res.cpu.get(name, 0):.1f} | "
             f"{res.peak_rss.get(name, 0) / 2**20:.0f} |"
         )
     ok_rate = expected / thr["total_s"] >= 20_000 if thr["total_s"] == thr["total_s"] else False
@@ -682,6 +819,13 @@ def report(
             else "latency not measured"
         )
     )
+    if sus:
+        kept_up = sus["lost"] == 0 and sus["backlog_s"][1.0] <= SUSTAIN_MAX_BACKLOG_S
+        print(
+            f"sustained {sus['valid_rate']:,.0f} valid events/s for {sus['seconds']:.0f} s with "
+            f"nothing lost and at most {SUSTAIN_MAX_BACKLOG_S:.0f} s of input behind at the end: "
+            f"{'MET' if kept_up else 'NOT MET'}"
+        )
 
 
 def override_config(config: Path, work: Path, assignments: list[str]) -> Path:
@@ -726,6 +870,17 @@ def main() -> None:
         default=1,
         help="run n `select --follow --shard i/n` processes instead of one",
     )
+    parser.add_argument(
+        "--sustain",
+        type=float,
+        default=0,
+        metavar="EVENTS_PER_S",
+        help="after the throughput phase, pace the demo mix at this many valid unique "
+        "events/s (raw records a little faster) and report whether PostgreSQL keeps up",
+    )
+    parser.add_argument(
+        "--sustain-seconds", type=float, default=120, help="length of the sustained phase"
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--late-share",
@@ -768,10 +923,23 @@ def main() -> None:
             **{name: s.server.pid for name, s in stack.servers.items()},
         }
         sampler.start()
+        stack.start_broker_trim()
         warm = warm_up(stack, args.seed + 1)
         print(f"warm-up done in {warm[0]:.1f} s; throughput phase ...", flush=True)
         thr = phase_throughput(stack, load, resources)
-        print(f"throughput phase done in {thr['total_s']:.1f} s; latency phase ...", flush=True)
+        print(f"throughput phase done in {thr['total_s']:.1f} s", flush=True)
+        sus = None
+        if args.sustain > 0:
+            # raw records per valid unique event in the mix, from a sample of it
+            sample = demo_workload(stack.pipeline, 100_000, args.seed + 3, args.late_share)
+            raw_per_valid = len(sample.records) / sample.expected
+            records = int(args.sustain * args.sustain_seconds * raw_per_valid)
+            print(f"generating {records:,} records for the sustained phase ...", flush=True)
+            sustained = demo_workload(stack.pipeline, records, args.seed + 3, args.late_share)
+            sus = phase_sustained(stack, sustained, args.sustain_seconds, resources)
+            del sustained
+            print(f"sustained phase done; drain {sus['drain_s']:.1f} s", flush=True)
+        print("latency phase ...", flush=True)
         lat = (
             phase_latency(stack, args.rate, args.seconds, args.sample_every, args.seed + 2)
             if args.seconds > 0
@@ -779,7 +947,9 @@ def main() -> None:
         )
         resources.sample()
         loads[1] = load_average()
-        report(args, (produce_rate, consume_rate), warm, thr, lat, resources, (loads[0], loads[1]))
+        report(
+            args, (produce_rate, consume_rate), warm, thr, lat, sus, resources, (loads[0], loads[1])
+        )
         for log_file in sorted(work.glob("select*.log")):
             passes, files, rows, busy = selector_passes(log_file)
             print(
