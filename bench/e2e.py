@@ -546,7 +546,7 @@ def phase_sustained(
         "records": n,
         "expected": load.expected,
         "seconds": sending_s,
-        "rate": rate,
+        "rate": n / sending_s,
         "valid_rate": load.expected / sending_s,
         "backlog_s": {share: backlog_at(share) for share in (0.25, 0.5, 0.75, 1.0)},
         "second_half_rate": second_half_rate,
@@ -889,6 +889,8 @@ def main() -> None:
     )
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, data)")
     args = parser.parse_args()
+    if args.sustain > 0 and args.sustain_seconds < 5:
+        parser.error("--sustain-seconds: at least 5 (the backlog is sampled every second)")
     args.config = args.config.resolve()
 
     loads = [load_average(), ""]

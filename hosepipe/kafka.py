@@ -10,8 +10,9 @@ embedded broker):
   SeaweedFS busy for 62 % of a core at 2,000 events/s against 26 % with 100 ms (see
   docs/benchmarks.md, "Broker on S3"). Paths that wait on each delivery (HTTP ingest) set
   their own. For the same reason the stream worker's ``batch.size`` grows with the topics'
-  ``max.message.bytes`` (:func:`batch_bytes_for`): librdkafka's default of 1,000,000 bytes
-  split each worker batch into three or more S3 objects per partition;
+  ``max.message.bytes`` (:func:`batch_bytes_for`) and it lingers 50 ms: with librdkafka's
+  1,000,000-byte default and 5 ms each worker batch left as about three S3 objects per
+  partition (the linger split it first);
 - consumer: ``enable.auto.commit=false`` (components commit after their output is durable),
   ``auto.offset.reset=earliest``, ``session.timeout.ms=6000`` and
   ``heartbeat.interval.ms=1000`` (Tansu lets a member join only after about half the session
@@ -102,20 +103,33 @@ def make_admin(settings: Settings, **overrides: Any) -> AdminClient:
     return AdminClient(admin_config(settings, **overrides))
 
 
+def fitting_bytes(limit: int) -> int:
+    """The most bytes before compression that a ``max.message.bytes`` of ``limit`` accepts:
+    1/32 below it leaves room for lz4's worst case on incompressible data (+0.4 %) and the
+    batch framing."""
+    return max(1, limit - limit // 32)
+
+
 def batch_bytes_for(topic_limits: Iterable[int | None]) -> int:
     """The producer ``batch.size`` whose batches every one of ``topic_limits`` accepts (pure).
 
     ``topic_limits`` are the topics' ``max.message.bytes`` (``None``: not known). A broker
     refuses a batch above that limit, measured after compression, while ``batch.size`` counts
-    bytes before it; 1/32 below the smallest limit leaves room for lz4's worst case on
-    incompressible data (+0.4 %) and the batch framing. Unknown limits give librdkafka's
-    default; the result is capped at :data:`MAX_BATCH_BYTES`.
+    bytes before it (:func:`fitting_bytes`). Capped at :data:`MAX_BATCH_BYTES`, and at
+    librdkafka's default when a limit is not known.
     """
     limits = list(topic_limits)
-    if not limits or any(limit is None for limit in limits):
-        return LIBRDKAFKA_BATCH_BYTES
-    smallest = min(limit for limit in limits if limit is not None)
-    return max(1, min(MAX_BATCH_BYTES, smallest - smallest // 32))
+    known = [fitting_bytes(limit) for limit in limits if limit is not None]
+    cap = MAX_BATCH_BYTES if known and len(known) == len(limits) else LIBRDKAFKA_BATCH_BYTES
+    return min([cap, *known])
+
+
+def message_bytes_for(topic_limits: Iterable[int | None], wanted: int) -> int:
+    """``wanted`` as a per-message limit, lowered to what every known limit accepts (pure):
+    a message the broker would refuse is better refused by the producer, where the worker
+    dead-letters it, than by the broker, which would fail the whole batch every retry."""
+    known = [fitting_bytes(limit) for limit in topic_limits if limit is not None]
+    return min([wanted, *known])
 
 
 def topic_max_message_bytes(
@@ -143,20 +157,6 @@ def topic_max_message_bytes(
             )
             limits[resource.name] = None
     return limits
-
-
-def output_batch_bytes(admin: AdminClient, topics: list[str]) -> int:
-    """The ``batch.size`` for a producer writing ``topics``, from their limits on the broker."""
-    limits = topic_max_message_bytes(admin, topics)
-    batch_bytes = batch_bytes_for(limits.values())
-    log.info(
-        "producer batch.size %d for topics %s (max.message.bytes %s)",
-        batch_bytes,
-        ", ".join(topics),
-        ", ".join("unknown" if limit is None else str(limit) for limit in limits.values()),
-        extra={"batch_bytes": batch_bytes, "topics": topics},
-    )
-    return batch_bytes
 
 
 def ensure_single_partition_topic(

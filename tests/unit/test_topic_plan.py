@@ -10,6 +10,7 @@ from hosepipe.kafka import (
     MAX_BATCH_BYTES,
     batch_bytes_for,
     consumer_config,
+    message_bytes_for,
     producer_config,
 )
 from hosepipe.settings import Settings
@@ -58,6 +59,7 @@ def test_plan_configs_override_the_message_limit() -> None:
         ([8_388_608, 1_048_588], 1_015_820),  # the smallest limit counts
         ([100_000_000], MAX_BATCH_BYTES),  # capped
         ([8_388_608, None], LIBRDKAFKA_BATCH_BYTES),  # one limit unknown: the safe default
+        ([500_000, None], 484_375),  # ... unless a known limit is smaller still
         ([], LIBRDKAFKA_BATCH_BYTES),
         ([10], 10),
     ],
@@ -90,3 +92,10 @@ def test_client_config_precedence() -> None:
     consumer = consumer_config(settings, "g1")
     assert consumer["group.id"] == "g1" and consumer["enable.auto.commit"] is False
     assert consumer["session.timeout.ms"] == 6000 and consumer["security.protocol"] == "SASL_SSL"
+
+
+def test_the_per_message_limit_fits_the_topics_too() -> None:
+    wanted = 3_096_576  # twice the default max_record_bytes plus 1 MiB
+    assert message_bytes_for([8_388_608, 8_388_608], wanted) == wanted
+    assert message_bytes_for([1_048_588, 8_388_608], wanted) == 1_015_820  # Kafka's default
+    assert message_bytes_for([None, None], wanted) == wanted  # unknown: as configured

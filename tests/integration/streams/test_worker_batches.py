@@ -14,6 +14,7 @@ import pytest
 from hosepipe.kafka import MAX_BATCH_BYTES
 from hosepipe.localstack.broker_trim import group_by_partition
 from streams.dedupe import changelog_topic
+from streams.kafka_runner import max_message_bytes
 from tests.conftest import S3Endpoint
 from tests.integration.streams.conftest import event, make_stage
 
@@ -48,6 +49,7 @@ def test_a_worker_batch_leaves_as_one_message_set(
         stage.stop_runner(runner)
 
     assert runner.batch_bytes == MAX_BATCH_BYTES - MAX_BATCH_BYTES // 32  # from the topics
+    assert runner.max_message_bytes == max_message_bytes(pipeline)  # fits the 8 MiB topics
     events = stage.canonical_events()
     assert len(events) == RECORDS
     assert sum(len(str(e["payload"])) for e in events) > 2_500_000  # the batch is ~3 MB
