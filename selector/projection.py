@@ -244,10 +244,18 @@ def _numeric(value: Any, spec: ColumnSpec) -> Decimal:
     if spec.precision is None:
         return number
     scale = spec.scale or 0
-    number = number.quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_UP)
+    overflow = Rejected(f"{_describe(value)} overflows {type_label(spec)}")
+    # Too many integer digits before rounding (which never removes any) is an overflow,
+    # and quantize would fail on it anyway past the context's 28 digits (1e26 at scale 2).
+    if number and number.adjusted() + 1 > spec.precision - scale:
+        raise overflow
+    try:
+        number = number.quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_UP)
+    except InvalidOperation:
+        raise overflow from None
     integer_digits = len(number.as_tuple().digits) - scale if number else 0
     if integer_digits > spec.precision - scale:
-        raise Rejected(f"{_describe(value)} overflows {type_label(spec)}")
+        raise overflow
     return number
 
 

@@ -146,6 +146,27 @@ def test_orders_rule_columnar_equals_per_row(events: list[dict[str, Any]]) -> No
     check(ORDERS, events)
 
 
+def test_an_amount_past_decimal_precision_is_an_overflow_in_both_paths() -> None:
+    # Found by the property above: 1e26 at scale 2 has 29 digits, past Python's decimal
+    # context (28), and the per-row path crashed in quantize instead of rejecting the row.
+    payload = '{"id": "o1", "total": {"amount": 1.0000000253776429e+26}}'
+    event = {
+        "event_id": "e0",
+        "source": "orders",
+        "event_type": "created",
+        "occurred_at": T0,
+        "ingested_at": T0,
+        "subject": None,
+        "payload": payload,
+        "attributes": {},
+    }
+    check(ORDERS, [event])
+    rule = CompiledRule.compile(SelectionRule.model_validate(ORDERS))
+    table = events_to_table([event])
+    (rejected,) = apply_rule(rule, event_dicts(table, rule.fields)).rejected
+    assert "overflows" in str(rejected)
+
+
 @settings(max_examples=300, deadline=None)
 @given(batches())
 def test_every_column_type_columnar_equals_per_row(events: list[dict[str, Any]]) -> None:
