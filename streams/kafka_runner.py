@@ -403,8 +403,9 @@ class KafkaRunner(EngineBase[RunnerOptions]):
                     "encode",
                     EventTooLarge.__name__,
                     f"canonical event {output.event['event_id']!r} is {size} bytes, over the "
-                    f"worker's per-message limit {self.max_message_bytes} "
-                    "(raise the source's max_record_bytes limit carefully or shrink the payload)",
+                    f"worker's per-message limit {self.max_message_bytes} (from the source's "
+                    "max_record_bytes and the canonical and DLQ topics' max.message.bytes; "
+                    "raise those carefully or shrink the payload)",
                     now,
                 )
             )
