@@ -32,7 +32,11 @@ Phases, each printed:
    is tailed too (its key is the event id), which splits off the worker's share.
 
 CPU seconds and peak RSS per component and server (psutil; PostgreSQL summed over its
-process tree, so shared buffers count more than once).
+process tree, exited autovacuum workers included, so shared buffers count more than once).
+After the throughput table, what PostgreSQL did for the rows loaded in that phase: WAL per
+row, megabytes written per backend type and kind of write (``pg_stat_io``: ``wal/init`` is
+new WAL segments zero-filled, ``relation/normal`` by a client backend is dirty pages it had
+to evict), and the autovacuum runs.
 """
 
 from __future__ import annotations
@@ -139,7 +143,8 @@ class Resources:
                 try:
                     rss += proc.memory_info().rss
                     times = proc.cpu_times()
-                    cpu += times.user + times.system
+                    # children_*: descendants that exited, e.g. PostgreSQL's autovacuum workers
+                    cpu += times.user + times.system + times.children_user + times.children_system
                 except psutil.Error:
                     pass
             self.peak_rss[name] = max(self.peak_rss.get(name, 0), rss)
@@ -391,6 +396,51 @@ def rows_inserted(conn: Any) -> int:
     return int(row[0])
 
 
+PG_WORK_QUERIES = {
+    "wal": "select wal_records, wal_fpi, wal_bytes from pg_stat_wal",
+    # bytes written or extended per backend type, object (relation, wal) and context
+    # (normal, bulkwrite, init: a new WAL segment zero-filled) from PostgreSQL 18's pg_stat_io
+    "io": "select backend_type || ' ' || object || '/' || context,"
+    " coalesce(write_bytes, 0) + coalesce(extend_bytes, 0), coalesce(evictions, 0)"
+    " from pg_stat_io",
+    "vacuum": "select coalesce(sum(autovacuum_count), 0), coalesce(sum(autoanalyze_count), 0),"
+    " coalesce(sum(total_autovacuum_time + total_autoanalyze_time), 0) / 1000"
+    " from pg_stat_user_tables",
+}
+
+
+def pg_work(conn: Any) -> dict[str, float]:
+    """Cumulative PostgreSQL counters: WAL, bytes written per backend type, autovacuum."""
+    conn.execute("select pg_stat_force_next_flush()")
+    records, fpi, wal_bytes = conn.execute(PG_WORK_QUERIES["wal"]).fetchone()
+    work = {"wal_records": float(records), "wal_fpi": float(fpi), "wal_bytes": float(wal_bytes)}
+    for backend, written, evictions in conn.execute(PG_WORK_QUERIES["io"]).fetchall():
+        work[f"written {backend}"] = float(written)
+        work[f"evictions {backend}"] = float(evictions)
+    vacuums, analyzes, seconds = conn.execute(PG_WORK_QUERIES["vacuum"]).fetchone()
+    work |= {"autovacuums": float(vacuums), "autoanalyzes": float(analyzes)}
+    work["autovacuum_s"] = float(seconds)
+    return work
+
+
+def pg_work_line(before: dict[str, float], after: dict[str, float], rows: int) -> str:
+    """What PostgreSQL did per loaded row between two ``pg_work`` snapshots."""
+    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    per_row = max(rows, 1)
+    written = sorted(
+        ((k.removeprefix("written "), v) for k, v in delta.items() if k.startswith("written ")),
+        key=lambda kv: -kv[1],
+    )
+    writers = ", ".join(f"{name} {v / 2**20:,.0f}" for name, v in written if v >= 2**20)
+    return (
+        f"PostgreSQL work: WAL {delta['wal_bytes'] / per_row:,.0f} B/row "
+        f"({delta['wal_records'] / per_row:.1f} records, {delta['wal_fpi']:,.0f} full-page "
+        f"images in all); MB written by {writers or 'nobody'}; "
+        f"{delta['autovacuums']:.0f} autovacuums + {delta['autoanalyzes']:.0f} autoanalyzes "
+        f"taking {delta['autovacuum_s']:.1f} s"
+    )
+
+
 def phase_throughput(stack: Stack, load: Workload, resources: Resources) -> dict[str, Any]:
     """Produce the workload; follow each stage until PostgreSQL holds every valid event."""
     settings, pipeline = stack.settings, stack.pipeline
@@ -402,6 +452,7 @@ def phase_throughput(stack: Stack, load: Workload, resources: Resources) -> dict
     canonical = [pipeline.topics.canonical]
     sink_base = committed_total(settings, pipeline.sink.consumer_group, canonical)
     cpu_before = resources.sample()
+    pg_before = pg_work(conn)
     timeline: list[tuple[float, int, int, int]] = []  # (t, worker offsets, sink offsets, rows)
     began = time.perf_counter()
     produce_s = produce_all(settings, load.records)
@@ -431,6 +482,7 @@ def phase_throughput(stack: Stack, load: Workload, resources: Resources) -> dict
     total = time.perf_counter() - began
     rows_loaded = rows - base
     distinct = conn.execute("select count(distinct event_id) from events").fetchone()[0]
+    pg = pg_work_line(pg_before, pg_work(conn), rows - base)
     conn.close()
 
     def reached(column: int) -> float:
@@ -455,6 +507,7 @@ def phase_throughput(stack: Stack, load: Workload, resources: Resources) -> dict
         "total_s": total if rows >= target else float("nan"),
         "rows": rows_loaded,
         "distinct_all": distinct,
+        "pg_work": pg,
         "lost": load.expected - rows_loaded,
         "cpu": {k: cpu_after.get(k, 0.0) - cpu_before.get(k, 0.0) for k in cpu_after},
     }
@@ -775,6 +828,7 @@ def report(
         f"rows loaded {thr['rows']:,} of {expected:,} expected (lost {thr['lost']:,}); "
         f"events table count(distinct event_id) = {thr['distinct_all']:,}"
     )
+    print(thr["pg_work"])
     print(
         "peer (stream stage, not run here): see docs/benchmarks.md '## Streams' and "
         "LOCAL_SERVICES: quixstreams ~20k/s, plain loop ~85-106k/s"
