@@ -21,7 +21,8 @@ Phases, each printed:
 3. **throughput**: N demo events (clickstream + orders, 5 % duplicates, 1 % malformed, 2 %
    late, from :mod:`hosepipe.demo`) produced into the raw topics as fast as the producer
    goes; sustained events/s = valid unique events / (first produce -> last one in
-   ``events``); ``count(*)`` must equal what was sent. Per stage, the time each consumer
+   ``events``); progress is followed through the selector's ``NOTIFY hosepipe_events``
+   (rows written per committed load), and ``count(*)`` must equal what was sent. Per stage, the time each consumer
    group's committed offsets (worker on raw, sink on canonical) reached their final value;
 3b. **sustained** (``--sustain EVENTS_PER_S``): the demo mix paced at that many valid unique
    events/s for ``--sustain-seconds``; the backlog (valid events sent minus rows in
@@ -380,20 +381,65 @@ def start_stack(work: Path, config_file: Path, broker_storage: str) -> Stack:
 SUSTAIN_MAX_BACKLOG_S = 10.0
 
 
-def rows_inserted(conn: Any) -> int:
-    """Rows ever inserted into ``events`` (PostgreSQL's statistics: cheap, but may lag).
+class LoadedRows:
+    """Rows the selector reports written to ``events``, from its ``NOTIFY hosepipe_events``.
 
-    A ``count(*)`` every half second on a table growing to a million rows cost PostgreSQL
-    several CPU seconds per run, taken from the pipeline it measures; this reads a counter.
-    It overcounts only rows of rolled-back transactions, so a final ``count(*)`` confirms.
-    It can also lag by up to 10 s: a backend that commits within a second of its previous
-    statistics flush and then goes idle defers the next flush by PGSTAT_IDLE_INTERVAL
-    (10 s, PostgreSQL 15+) -- so the tail is followed with ``count(*)`` (see below).
+    Following the load with ``count(*)`` every half second cost PostgreSQL seconds of CPU
+    per run (a parallel scan of a table growing to millions of rows, which also sets the
+    new rows' hint bits early), taken from the pipeline it measures; the insert counter of
+    ``pg_stat_user_tables`` is cheap but lags by up to 10 s (a backend that commits within a
+    second of its previous statistics flush and then goes idle defers the next one by
+    PGSTAT_IDLE_INTERVAL). The selector's notice arrives at each commit and carries the
+    rows it wrote. A row upserted twice (a lake duplicate) counts twice here, so the phases
+    confirm the end with one ``count(*)``.
     """
-    row = conn.execute(
-        "select coalesce(sum(n_tup_ins), 0) from pg_stat_user_tables where relname = 'events'"
-    ).fetchone()
-    return int(row[0])
+
+    def __init__(self, pg: Any) -> None:
+        from hosepipe.db import NOTIFY_CHANNEL
+
+        self.conn = pg_connect(pg)
+        self.conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        self.total = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._listen, daemon=True)
+        self.thread.start()
+
+    def _listen(self) -> None:
+        while not self.stop.is_set():
+            for notice in self.conn.notifies(timeout=0.2):
+                self.total += int(orjson.loads(notice.payload).get("count") or 0)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.conn.close()
+
+
+def follow_to_target(
+    conn: Any, loaded: LoadedRows, base: int, target: int, check: Callable[[], None]
+) -> int:
+    """Wait until ``events`` holds ``target`` rows (``base`` + new); returns the exact count.
+
+    Reported rows reaching the target are confirmed with a ``count(*)``; when that is short
+    (rows written twice), it is retried every 2 s. Gives up after 180 s without progress.
+    """
+    rows, last_change, last_total = base, time.perf_counter(), loaded.total
+    while rows < target:
+        check()
+        if loaded.total != last_total:
+            last_total, last_change = loaded.total, time.perf_counter()
+        if base + loaded.total >= target:
+            counted = conn.execute("select count(*) from events").fetchone()[0]
+            if counted != rows:
+                last_change = time.perf_counter()
+            rows = counted
+            if rows >= target:
+                break
+            time.sleep(1.5)
+        if time.perf_counter() - last_change > 180:
+            break
+        time.sleep(0.5)
+    return rows
 
 
 PG_WORK_QUERIES = {
@@ -447,10 +493,9 @@ def phase_throughput(stack: Stack, load: Workload, resources: Resources) -> dict
     raw_topics = sorted({t for t, _, _ in load.records})
     conn = pg_connect(stack.servers["postgres"])
     base = conn.execute("select count(*) from events").fetchone()[0]
-    inserted_base = rows_inserted(conn)
+    loaded = LoadedRows(stack.servers["postgres"])
     raw_base = committed_total(settings, pipeline.streams.consumer_group, raw_topics)
     canonical = [pipeline.topics.canonical]
-    sink_base = committed_total(settings, pipeline.sink.consumer_group, canonical)
     cpu_before = resources.sample()
     pg_before = pg_work(conn)
     timeline: list[tuple[float, int, int, int]] = []  # (t, worker offsets, sink offsets, rows)
@@ -462,12 +507,9 @@ def phase_throughput(stack: Stack, load: Workload, resources: Resources) -> dict
         stack.check_alive()
         worker = committed_total(settings, pipeline.streams.consumer_group, raw_topics) - raw_base
         sink = committed_total(settings, pipeline.sink.consumer_group, canonical)
-        now_rows = base + rows_inserted(conn) - inserted_base
-        # Exact counts only in the tail: once the counter says done, or once the sink has
-        # committed every canonical event (all in the lake), where the counter's up-to-10 s
-        # lag would otherwise be measured as the selector's.
-        if now_rows >= target or sink - sink_base >= load.expected:
-            now_rows = conn.execute("select count(*) from events").fetchone()[0]
+        now_rows = base + loaded.total
+        if now_rows >= target:  # confirmed, exactly
+            now_rows = follow_to_target(conn, loaded, base, target, stack.check_alive)
         now = time.perf_counter() - began
         if now_rows != rows:
             last_change = time.perf_counter()
@@ -484,6 +526,7 @@ def phase_throughput(stack: Stack, load: Workload, resources: Resources) -> dict
     distinct = conn.execute("select count(distinct event_id) from events").fetchone()[0]
     pg = pg_work_line(pg_before, pg_work(conn), rows - base)
     conn.close()
+    loaded.close()
 
     def reached(column: int) -> float:
         final = timeline[-1][column]
@@ -519,20 +562,18 @@ def phase_sustained(
     """Pace ``load`` evenly over ``seconds``: does PostgreSQL keep up with the input?
 
     Each second the backlog is sampled: valid events sent so far (the workload's share of
-    valid unique records) minus rows inserted into ``events``. A pipeline that keeps up
-    holds it steady (about the event-to-queryable delay times the rate); one that does not
-    lets it grow by the deficit every second. After the last send, the drain is the time
-    until every valid event is in ``events`` (exact counts once the sink has committed
-    everything, as in the throughput phase).
+    valid unique records) minus rows the selector reported written to ``events``. A
+    pipeline that keeps up holds it steady (about the event-to-queryable delay times the
+    rate); one that does not lets it grow by the deficit every second. After the last send,
+    the drain is the time until every valid event is in ``events`` (confirmed with
+    ``count(*)``, as in the throughput phase).
     """
     from hosepipe.kafka import make_producer
 
-    settings, pipeline = stack.settings, stack.pipeline
+    settings = stack.settings
     conn = pg_connect(stack.servers["postgres"])
     base = conn.execute("select count(*) from events").fetchone()[0]
-    inserted_base = rows_inserted(conn)
-    canonical = [pipeline.topics.canonical]
-    sink_base = committed_total(settings, pipeline.sink.consumer_group, canonical)
+    loaded = LoadedRows(stack.servers["postgres"])
     producer = make_producer(settings)
     failed: list[str] = []
 
@@ -559,8 +600,7 @@ def phase_sustained(
             sent += 1
         producer.poll(0)
         if elapsed >= next_sample:
-            loaded = rows_inserted(conn) - inserted_base
-            samples.append((elapsed, int(sent * valid_share), loaded))
+            samples.append((elapsed, int(sent * valid_share), loaded.total))
             next_sample += 1.0
             stack.check_alive()
         time.sleep(0.02)
@@ -568,23 +608,12 @@ def phase_sustained(
     left = producer.flush(120)
     if failed or left:
         raise SystemExit(f"produce failed: {len(failed)} errors ({failed[:3]}), {left} unsent")
-    target, rows = base + load.expected, base
-    deadline, last_change = time.perf_counter() + 600, time.perf_counter()
-    while rows < target:
-        stack.check_alive()
-        sink = committed_total(settings, pipeline.sink.consumer_group, canonical) - sink_base
-        now_rows = base + rows_inserted(conn) - inserted_base
-        if now_rows >= target or sink >= load.expected:
-            now_rows = conn.execute("select count(*) from events").fetchone()[0]
-        if now_rows != rows:
-            last_change = time.perf_counter()
-        rows = now_rows
-        if time.perf_counter() > deadline or time.perf_counter() - last_change > 180:
-            break
-        time.sleep(0.5)
+    target = base + load.expected
+    rows = follow_to_target(conn, loaded, base, target, stack.check_alive)
     done_s = time.perf_counter() - began
     cpu_after = resources.sample()
     conn.close()
+    loaded.close()
 
     def backlog_at(share: float) -> float:
         """Backlog in seconds of input at ``share`` of the sending time."""
