@@ -22,8 +22,9 @@ Phases, each printed:
    late, from :mod:`hosepipe.demo`) produced into the raw topics as fast as the producer
    goes; sustained events/s = valid unique events / (first produce -> last one in
    ``events``); progress is followed through the selector's ``NOTIFY hosepipe_events``
-   (rows written per committed load), and ``count(*)`` must equal what was sent. Per stage, the time each consumer
-   group's committed offsets (worker on raw, sink on canonical) reached their final value;
+   (rows written per committed load), and ``count(*)`` must equal what was sent. Per
+   stage, the time each consumer group's committed offsets (worker on raw, sink on
+   canonical) reached their final value;
 3b. **sustained** (``--sustain EVENTS_PER_S``): the demo mix paced at that many valid unique
    events/s for ``--sustain-seconds``; the backlog (valid events sent minus rows in
    ``events``, in seconds of input) is sampled every second, and the phase is met when
@@ -162,21 +163,31 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def committed_total(settings: Any, group: str, topics: Iterable[str]) -> int:
-    """Sum of ``group``'s committed offsets over every partition of ``topics``."""
-    from confluent_kafka import Consumer, TopicPartition
+class CommittedOffsets:
+    """Sums of a consumer group's committed offsets over topics, through one client.
 
-    from hosepipe.kafka import consumer_config
+    One consumer that never subscribes (no group join) answers every poll of the phase: a
+    new client per poll cost the broker, its S3 server and the benchmark ~20 ms of CPU
+    each half second, taken from the pipeline it measures.
+    """
 
-    reader = Consumer(consumer_config(settings, group))  # never subscribes: no group join
-    try:
-        partitions = []
+    def __init__(self, settings: Any, group: str, topics: Iterable[str]) -> None:
+        from confluent_kafka import Consumer, TopicPartition
+
+        from hosepipe.kafka import consumer_config
+
+        self.reader = Consumer(consumer_config(settings, group))
+        self.partitions = []
         for topic in topics:
-            meta = reader.list_topics(topic, timeout=10).topics[topic]
-            partitions += [TopicPartition(topic, p) for p in meta.partitions]
-        return sum(max(tp.offset, 0) for tp in reader.committed(partitions, timeout=10))
-    finally:
-        reader.close()
+            meta = self.reader.list_topics(topic, timeout=10).topics[topic]
+            self.partitions += [TopicPartition(topic, p) for p in meta.partitions]
+
+    def total(self) -> int:
+        committed = self.reader.committed(self.partitions, timeout=10)
+        return sum(max(tp.offset, 0) for tp in committed)
+
+    def close(self) -> None:
+        self.reader.close()
 
 
 def pg_connect(pg: Any) -> Any:
@@ -494,8 +505,10 @@ def phase_throughput(stack: Stack, load: Workload, resources: Resources) -> dict
     conn = pg_connect(stack.servers["postgres"])
     base = conn.execute("select count(*) from events").fetchone()[0]
     loaded = LoadedRows(stack.servers["postgres"])
-    raw_base = committed_total(settings, pipeline.streams.consumer_group, raw_topics)
     canonical = [pipeline.topics.canonical]
+    worker_offsets = CommittedOffsets(settings, pipeline.streams.consumer_group, raw_topics)
+    sink_offsets = CommittedOffsets(settings, pipeline.sink.consumer_group, canonical)
+    raw_base = worker_offsets.total()
     cpu_before = resources.sample()
     pg_before = pg_work(conn)
     timeline: list[tuple[float, int, int, int]] = []  # (t, worker offsets, sink offsets, rows)
@@ -505,8 +518,8 @@ def phase_throughput(stack: Stack, load: Workload, resources: Resources) -> dict
     deadline, last_change, rows = time.perf_counter() + 900, time.perf_counter(), base
     while True:
         stack.check_alive()
-        worker = committed_total(settings, pipeline.streams.consumer_group, raw_topics) - raw_base
-        sink = committed_total(settings, pipeline.sink.consumer_group, canonical)
+        worker = worker_offsets.total() - raw_base
+        sink = sink_offsets.total()
         now_rows = base + loaded.total
         if now_rows >= target:  # confirmed, exactly
             now_rows = follow_to_target(conn, loaded, base, target, stack.check_alive)
@@ -527,6 +540,8 @@ def phase_throughput(stack: Stack, load: Workload, resources: Resources) -> dict
     pg = pg_work_line(pg_before, pg_work(conn), rows - base)
     conn.close()
     loaded.close()
+    worker_offsets.close()
+    sink_offsets.close()
 
     def reached(column: int) -> float:
         final = timeline[-1][column]
