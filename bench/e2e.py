@@ -453,6 +453,8 @@ def follow_to_target(
     return rows
 
 
+PGSTAT_IDLE_INTERVAL_S = 10.0  # PostgreSQL 15+: an idle backend's deferred statistics flush
+
 PG_WORK_QUERIES = {
     "wal": "select wal_records, wal_fpi, wal_bytes from pg_stat_wal",
     # bytes written or extended per backend type, object (relation, wal) and context
@@ -537,6 +539,9 @@ def phase_throughput(stack: Stack, load: Workload, resources: Resources) -> dict
     total = time.perf_counter() - began
     rows_loaded = rows - base
     distinct = conn.execute("select count(distinct event_id) from events").fetchone()[0]
+    # The selector's backend went idle after its last commit: it reports that load's I/O and
+    # WAL statistics only at its next flush, up to PGSTAT_IDLE_INTERVAL (10 s) later.
+    time.sleep(PGSTAT_IDLE_INTERVAL_S + 0.5)
     pg = pg_work_line(pg_before, pg_work(conn), rows - base)
     conn.close()
     loaded.close()
