@@ -30,6 +30,8 @@ from pydantic import (
     model_validator,
 )
 
+from hosepipe.topics import EXPLICIT_CONFIG_DEFAULTS
+
 SOURCE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 JSON_PATH = re.compile(r"^\$(\.[A-Za-z0-9_@-]+|\[\d+\])*$")
@@ -102,11 +104,7 @@ class TopicsConfig(Strict):
     partitions: int = Field(4, ge=1, le=10_000, description="Partitions of each created topic.")
     replication_factor: int = Field(1, ge=1, le=16, description="Replication factor.")
     configs: dict[str, str] = Field(
-        default_factory=lambda: {
-            "retention.ms": "604800000",
-            "retention.bytes": "-1",
-            "max.message.bytes": "8388608",
-        },
+        default_factory=lambda: dict(EXPLICIT_CONFIG_DEFAULTS),
         description=(
             "Topic configs applied at creation (retention, compression, ...). Keys left out "
             "keep these defaults; the stream worker sizes its producer batches by the "
