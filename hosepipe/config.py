@@ -541,6 +541,16 @@ class SelectionConfig(Strict):
         ),
     )
     batch_rows: int = Field(50_000, ge=100, description="Rows per upsert batch.")
+    load_connections: int = Field(
+        2,
+        ge=1,
+        le=8,
+        description=(
+            "Connections that load a batch's 'events' rows side by side, split by event_id"
+            " (only when each gets at least 10,000 rows); the others commit their share"
+            " first, the batch's checkpoint commits last. 1: one connection."
+        ),
+    )
     rescan_interval: Duration = Field(
         timedelta(hours=1),
         description=(

@@ -56,6 +56,8 @@ EVENT_COLUMNS = (
 )
 _CSV = pacsv.WriteOptions(include_header=False, batch_size=8192)
 CSV_CHUNK_ROWS = 8192
+MIN_ROWS_PER_CONNECTION = 10_000
+SHARE_LOCK_TIMEOUT_S = 30.0  # a share's wait for a row another transaction holds
 
 
 @dataclass
@@ -248,6 +250,35 @@ def event_dicts(table: pa.Table, names: Sequence[str] = EVENT_COLUMNS) -> list[d
     return rows
 
 
+def event_id_slices(event_ids: pa.ChunkedArray | pa.Array, parts: int) -> list[pa.Array]:
+    """Row numbers (ascending) of up to ``parts`` ranges of event_id of about equal size.
+
+    Every row is in exactly one range, and all rows of one event_id are in the same one.
+    Fewer ranges come back when one id fills more than a range (an empty table: none).
+    """
+    if isinstance(event_ids, pa.ChunkedArray):
+        event_ids = event_ids.combine_chunks()
+    count = len(event_ids)
+    if not count:
+        return []
+    ordered = event_ids.take(pc.sort_indices(event_ids))
+    bounds: list[pa.Scalar] = []
+    for k in range(1, parts):
+        bound = ordered[count * k // parts]
+        previous = bounds[-1] if bounds else ordered[0]  # range 0 keeps the smallest id
+        if bound.is_valid and bound.as_py() != previous.as_py():
+            bounds.append(bound)
+    # A row's range is the number of bounds at or below its id (a null id: range 0).
+    ranges = pa.repeat(pa.scalar(0, pa.int8()), count)
+    for bound in bounds:
+        above = pc.fill_null(pc.greater_equal(event_ids, bound), False)
+        ranges = pc.add(ranges, pc.cast(above, pa.int8()))
+    return [
+        pc.indices_nonzero(pc.equal(ranges, pa.scalar(k, pa.int8())))
+        for k in range(len(bounds) + 1)
+    ]
+
+
 def candidates(rule: CompiledRule, table: pa.Table) -> pa.Table:
     """Vectorized pre-filter on source and event type before the per-row rule."""
     indices = candidate_indices(rule, table)
@@ -310,6 +341,9 @@ class Loader:
         self.method = method
         self.rules = [CompiledRule.compile(rule) for rule in selection.rules]
         self.tables: dict[str, Table] = rule_tables(selection)
+        # A group is split over several connections only if each gets this many rows.
+        self.min_rows_per_connection = MIN_ROWS_PER_CONNECTION
+        self.share_lock_timeout_s = SHARE_LOCK_TIMEOUT_S
 
     def checkpoints(self) -> dict[str, Checkpoint]:
         """Files already loaded (path → size/etag)."""
@@ -368,14 +402,8 @@ class Loader:
                     with ThreadPoolExecutor(1, thread_name_prefix="rules") as pool:
                         projected = pool.submit(self._project_rules, combined, origins)
                         if self.selection.load_all_events:
-                            result.events = self._upsert_events(
-                                cur,
-                                combined,
-                                "events",
-                                "events",
-                                result,
-                                optimistic=checkpoint,
-                                origins=origins,
+                            result.events = self._load_events(
+                                cur, combined, origins, result, optimistic=checkpoint
                             )
                             result.tables["events"] = result.events
                         batches = projected.result()
@@ -402,6 +430,68 @@ class Loader:
         return result
 
     # ---------------------------------------------------------------- events-shaped tables
+
+    def _load_events(
+        self,
+        cur: psycopg.Cursor[Any],
+        combined: pa.Table,
+        origins: Sequence[tuple[str, int]],
+        result: LoadResult,
+        optimistic: bool,
+    ) -> int:
+        """Upsert the group's rows into ``events``: on ``cur`` alone, or split by event_id
+        over ``selection.load_connections`` connections when the group is big enough.
+
+        The other connections commit their share before ``cur``'s transaction (which holds
+        the checkpoint) can: a crash in between leaves rows without their checkpoint, and
+        the next load of those files upserts them again (by event_id, so still once).
+        Ranges of event_id keep every id on one connection, so no connection ever waits for
+        a row another one has not committed yet.
+        """
+        parts = min(
+            self.selection.load_connections, combined.num_rows // self.min_rows_per_connection
+        )
+        slices = event_id_slices(combined["event_id"], parts) if parts > 1 else []
+        if len(slices) < 2:
+            return self._upsert_events(
+                cur, combined, "events", "events", result, optimistic, origins
+            )
+        shares = [(combined.take(rows), _origins_of(origins, rows.to_pylist())) for rows in slices]
+        with ThreadPoolExecutor(len(shares) - 1, thread_name_prefix="events") as pool:
+            others = [
+                pool.submit(self._load_events_share, table, share_origins, optimistic)
+                for table, share_origins in shares[1:]
+            ]
+            table, share_origins = shares[0]
+            count = self._upsert_events(
+                cur, table, "events", "events", result, optimistic, share_origins
+            )
+            for other in others:
+                share = other.result()
+                count += share.events
+                for rule, rejected in share.rejected.items():
+                    result.rejected[rule] = result.rejected.get(rule, 0) + rejected
+        return count
+
+    def _load_events_share(
+        self, table: pa.Table, origins: Sequence[tuple[str, int]], optimistic: bool
+    ) -> LoadResult:
+        """One share of a split group, in its own transaction on its own connection."""
+        share = LoadResult()
+        with self.engine.begin() as conn:
+            raw = conn.connection.dbapi_connection
+            assert isinstance(raw, psycopg.Connection)
+            with raw.cursor() as cur:
+                # The group's connection waits for this one outside PostgreSQL, so a lock
+                # cycle through another selector (a shard or a reload holding an id of this
+                # share while it waits for one of the group's) is invisible to its deadlock
+                # detector: this wait must end on its own. The group then fails and is
+                # loaded again on the next pass.
+                cur.execute(f"SET LOCAL lock_timeout = {int(self.share_lock_timeout_s * 1000)}")
+                share.events = self._upsert_events(
+                    cur, table, "events", "events", share, optimistic, origins
+                )
+        return share
 
     def _upsert_events(
         self,

@@ -12,7 +12,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hosepipe.lake import events_to_table
-from selector.load import _attributes_json_slow, attributes_json, csv_events, timestamp_text
+from selector.load import (
+    _attributes_json_slow,
+    attributes_json,
+    csv_events,
+    event_id_slices,
+    timestamp_text,
+)
 
 MAP = pa.map_(pa.string(), pa.string())
 text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12)
@@ -95,3 +101,29 @@ def test_attributes_json_of_copy_chunks_of_a_bigger_batch() -> None:
     for start in (0, 7, 31):
         fast = attributes_json(array.slice(start, 13)).to_pylist()
         assert [json.loads(s) for s in fast] == [dict(m) for m in maps[start : start + 13]]
+
+
+@given(
+    st.lists(st.one_of(st.none(), st.text(max_size=4)), max_size=300),
+    st.integers(min_value=1, max_value=8),
+)
+def test_event_id_slices_cover_every_row_once_and_keep_an_id_together(
+    ids: list[str | None], parts: int
+) -> None:
+    slices = [rows.to_pylist() for rows in event_id_slices(pa.array(ids, pa.string()), parts)]
+    flat = [row for rows in slices for row in rows]
+    assert sorted(flat) == list(range(len(ids)))
+    assert all(rows == sorted(rows) and rows for rows in slices)
+    assert len(slices) <= parts
+    home: dict[str | None, int] = {}
+    for number, rows in enumerate(slices):
+        for row in rows:
+            assert home.setdefault(ids[row], number) == number
+
+
+def test_event_id_slices_are_about_equal() -> None:
+    ids = pa.array([f"{n * 7919 % 10_007:05d}" for n in range(10_000)])
+    sizes = [len(rows) for rows in event_id_slices(ids, 4)]
+    assert len(sizes) == 4 and max(sizes) - min(sizes) <= 4
+    assert [len(rows) for rows in event_id_slices(pa.array(["a"] * 9 + ["b"]), 2)] == [10]
+    assert event_id_slices(pa.array([], pa.string()), 2) == []
