@@ -23,6 +23,8 @@ database), and runs each variant in its own child process so that its peak RSS i
 * ``copy``      — ``hosepipe select`` as shipped: CSV → COPY straight into ``events`` (with
                   its indexes) inside a savepoint, falling back to the merge on a conflict;
                   checkpoint rows in the same transaction;
+* ``copy-1conn``— the same on one connection (``load_connections: 1``; the default splits
+                  each group's ``events`` rows over two);
 * ``copy+rule`` — the same plus the example ``orders`` projection rule (typed table);
 * ``merge``     — the selector always going through the temp table + merge (what a reload
                   or a batch with replayed events does);
@@ -209,6 +211,7 @@ def run_variant(
 
     settings = lake_settings(lake, database_url)
     rules = [ORDERS_RULE] if variant == "copy+rule" else []
+    connections = {"load_connections": 1} if variant == "copy-1conn" else {}
     pipeline = PipelineConfig.model_validate(
         yaml.safe_load(
             yaml.safe_dump(
@@ -225,7 +228,7 @@ def run_variant(
                         }
                     },
                     "sink": {"partition_keys": ["source"]},
-                    "selection": {"rules": rules},
+                    "selection": {"rules": rules, **connections},
                 }
             )
         )
