@@ -58,6 +58,7 @@ _CSV = pacsv.WriteOptions(include_header=False, batch_size=8192)
 CSV_CHUNK_ROWS = 8192
 MIN_ROWS_PER_CONNECTION = 10_000
 SHARE_LOCK_TIMEOUT_S = 30.0  # a share's wait for a row another transaction holds
+SPLIT_SAMPLE = 2048  # ids sorted to find the bounds of the shares
 
 
 @dataclass
@@ -279,9 +280,6 @@ def event_id_shares(event_ids: pa.ChunkedArray | pa.Array, parts: int) -> list[p
     return [mask for mask in masks if pc.any(mask).as_py()]
 
 
-SPLIT_SAMPLE = 2048
-
-
 def candidates(rule: CompiledRule, table: pa.Table) -> pa.Table:
     """Vectorized pre-filter on source and event type before the per-row rule."""
     indices = candidate_indices(rule, table)
@@ -448,8 +446,8 @@ class Loader:
         The other connections commit their share before ``cur``'s transaction (which holds
         the checkpoint) can: a crash in between leaves rows without their checkpoint, and
         the next load of those files upserts them again (by event_id, so still once).
-        Ranges of event_id keep every id on one connection, so no connection ever waits for
-        a row another one has not committed yet.
+        Ranges of event_id keep every id on one connection, so no connection of the group
+        waits for a row another one of it has not committed yet.
         """
         parts = min(
             self.selection.load_connections, combined.num_rows // self.min_rows_per_connection
