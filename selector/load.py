@@ -1,10 +1,13 @@
-"""The unit of work: rows of some lake files + their checkpoint rows, in ONE transaction.
+"""The unit of work: rows of some lake files + their checkpoint rows, committed together.
 
 :meth:`Loader.load` upserts a group of files into ``events`` and the rule tables, records
 rejected rows, writes the files into ``selector_files`` and sends ``NOTIFY hosepipe_events``,
-all inside one PostgreSQL transaction. A crash before COMMIT leaves nothing (the files are
-loaded again on the next run); after COMMIT everything is there and the checkpoint says so.
-Upserts make a repeated load harmless, so "again" never means "twice".
+all inside one PostgreSQL transaction. A crash before COMMIT leaves no checkpoint (the files
+are loaded again on the next run); after COMMIT everything is there and the checkpoint says
+so. Upserts make a repeated load harmless, so "again" never means "twice". A big group's
+``events`` rows may be split by event_id over more connections
+(``selection.load_connections``): those shares commit just before the group's transaction,
+so a crash in between leaves only ``events`` rows, which the next load upserts in place.
 
 Upsert method (measured in bench/selector.py): the Arrow table is written as CSV by
 pyarrow's C++ writer and streamed with ``COPY`` straight into the table inside a savepoint;
@@ -44,6 +47,7 @@ from selector.screen import escape_nul, unstorable_rows
 log = logging.getLogger(__name__)
 
 Method = Literal["copy", "merge", "insert"]
+Reject = tuple[str, str, dict[str, Any], str | None]  # event_id, reason, row, lake file
 EVENT_COLUMNS = (
     "event_id",
     "source",
@@ -63,7 +67,7 @@ SPLIT_SAMPLE = 2048  # ids sorted to find the bounds of the shares
 
 @dataclass
 class LoadResult:
-    """What one transaction committed."""
+    """What one load committed."""
 
     files: int = 0
     events: int = 0
@@ -327,7 +331,8 @@ class RuleBatch:
 
 
 class Loader:
-    """Loads groups of lake files; one :meth:`load` call is one transaction."""
+    """Loads groups of lake files; one :meth:`load` call is one transaction (plus, for a big
+    group, the ``events`` shares committed just before it)."""
 
     def __init__(
         self,
@@ -467,18 +472,32 @@ class Loader:
             count = self._upsert_events(
                 cur, table, "events", "events", result, optimistic, share_origins
             )
+            rejects: list[Reject] = []
+            failures: list[BaseException] = []
             for other in others:
-                share = other.result()
-                count += share.events
-                for rule, rejected in share.rejected.items():
-                    result.rejected[rule] = result.rejected.get(rule, 0) + rejected
+                try:
+                    loaded, rejected = other.result()
+                except Exception as exc:  # the group fails; say what each share met
+                    failures.append(exc)
+                    continue
+                count += loaded
+                rejects.extend(rejected)
+            for failure in failures[1:]:
+                log.warning("another share of the group failed too", extra={"error": repr(failure)})
+            if failures:
+                raise failures[0]
+        # The shares' rejects are written here: rejected_rows is keyed by the escaped id,
+        # which two ids of different shares can share, and no connection of the group may
+        # wait for another one's uncommitted row.
+        self._reject_rows(cur, "events", rejects, result)
         return count
 
     def _load_events_share(
         self, table: pa.Table, origins: Sequence[tuple[str, int]], optimistic: bool
-    ) -> LoadResult:
-        """One share of a split group, in its own transaction on its own connection."""
-        share = LoadResult()
+    ) -> tuple[int, list[Reject]]:
+        """One share of a split group, in its own transaction on its own connection: the
+        rows it upserted, and its rejects (for the group's transaction to write)."""
+        rejects: list[Reject] = []
         with self.engine.begin() as conn:
             raw = conn.connection.dbapi_connection
             assert isinstance(raw, psycopg.Connection)
@@ -489,10 +508,10 @@ class Loader:
                 # detector: this wait must end on its own. The group then fails and is
                 # loaded again on the next pass.
                 cur.execute(f"SET LOCAL lock_timeout = {int(self.share_lock_timeout_s * 1000)}")
-                share.events = self._upsert_events(
-                    cur, table, "events", "events", share, optimistic, origins
+                loaded = self._upsert_events(
+                    cur, table, "events", "events", LoadResult(), optimistic, origins, rejects
                 )
-        return share
+        return loaded, rejects
 
     def _upsert_events(
         self,
@@ -503,9 +522,11 @@ class Loader:
         result: LoadResult,
         optimistic: bool = True,
         origins: Sequence[tuple[str, int]] = (),
+        rejects: list[Reject] | None = None,
     ) -> int:
         """Upsert events-shaped rows into ``target``; rows PostgreSQL cannot store (a NUL
-        character, a payload that is not JSON) go to ``rejected_rows`` under ``rule``.
+        character, a payload that is not JSON) go to ``rejected_rows`` under ``rule``, or
+        into ``rejects`` when given (for another connection to write).
 
         ``copy``: COPY straight into the table (one pass, like a plain COPY) when the batch
         has no repeated event_id; a unique violation (a replayed or reloaded event) rolls
@@ -517,7 +538,7 @@ class Loader:
             # Screened before COPY: such a row would fail every load of its file.
             indices = pa.array(list(unstorable), pa.int64())
             rows = event_dicts(table.take(indices))
-            self._reject_rows(
+            self._reject_or_keep(
                 cur,
                 rule,
                 [
@@ -525,6 +546,7 @@ class Loader:
                     for (index, reason), row in zip(unstorable.items(), rows, strict=True)
                 ],
                 result,
+                rejects,
             )
             keep = [True] * table.num_rows
             for index in unstorable:
@@ -551,7 +573,7 @@ class Loader:
             mask = valid_json_mask(table["payload"])
             bad_indices = [i for i, ok in enumerate(mask) if not ok]
             bad = table.take(pa.array(bad_indices, pa.int64()))
-            self._reject_rows(
+            self._reject_or_keep(
                 cur,
                 rule,
                 [
@@ -559,6 +581,7 @@ class Loader:
                     for i, row in zip(bad_indices, event_dicts(bad), strict=True)
                 ],
                 result,
+                rejects,
             )
             count = self._merge_events(cur, table.filter(pa.array(mask)), target)
         cur.execute("RELEASE SAVEPOINT hp_events")
@@ -733,11 +756,25 @@ class Loader:
             cur, rule, [(event_id, reason, row, file) for event_id, reason, row in rejected], result
         )
 
+    @classmethod
+    def _reject_or_keep(
+        cls,
+        cur: psycopg.Cursor[Any],
+        rule: str,
+        rejected: Sequence[Reject],
+        result: LoadResult,
+        keep: list[Reject] | None,
+    ) -> None:
+        if keep is None:
+            cls._reject_rows(cur, rule, rejected, result)
+        else:
+            keep.extend(rejected)
+
     @staticmethod
     def _reject_rows(
         cur: psycopg.Cursor[Any],
         rule: str,
-        rejected: Sequence[tuple[str, str, dict[str, Any], str | None]],
+        rejected: Sequence[Reject],
         result: LoadResult,
     ) -> None:
         """Record ``(event_id, reason, row, file)`` in rejected_rows (NULs escaped, since

@@ -131,3 +131,15 @@ def test_event_id_shares_are_about_equal_also_from_a_sample() -> None:
     assert len(sizes) == 4 and max(sizes) - min(sizes) <= 4_000  # bounds from ~2,000 ids
     assert [len(rows) for rows in slices(pa.array(["a"] * 9 + ["b"]), 2)] == [10]
     assert slices(pa.array([], pa.string()), 2) == []
+
+
+def test_event_id_shares_from_a_sample_still_cover_every_row_once() -> None:
+    # Past SPLIT_SAMPLE ids the bounds come from a sample: repeats and nulls stay correct.
+    ids = [None if n % 97 == 0 else f"id{n * 31 % 1_500}" for n in range(10_000)]
+    shares = slices(pa.array(ids, pa.string()), 3)
+    assert len(shares) == 3
+    assert sorted(row for rows in shares for row in rows) == list(range(len(ids)))
+    home: dict[str | None, int] = {}
+    for number, rows in enumerate(shares):
+        for row in rows:
+            assert home.setdefault(ids[row], number) == number
