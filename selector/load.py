@@ -458,10 +458,28 @@ class Loader:
             self.selection.load_connections, combined.num_rows // self.min_rows_per_connection
         )
         masks = event_id_shares(combined["event_id"], parts) if parts > 1 else []
+        rejects: list[Reject] = []
         if len(masks) < 2:
-            return self._upsert_events(
-                cur, combined, "events", "events", result, optimistic, origins
-            )
+            count = self._upsert_events(cur, combined, "events", rejects, optimistic, origins)
+        else:
+            count = self._load_events_split(cur, combined, masks, origins, rejects, optimistic)
+        # Every reject is written here, on the group's connection, also those of other
+        # shares: rejected_rows is keyed by the escaped id, which two ids of different shares
+        # can share, and no connection of the group may wait for another one's row.
+        self._reject_rows(cur, "events", rejects, result)
+        return count
+
+    def _load_events_split(
+        self,
+        cur: psycopg.Cursor[Any],
+        combined: pa.Table,
+        masks: Sequence[pa.BooleanArray],
+        origins: Sequence[tuple[str, int]],
+        rejects: list[Reject],
+        optimistic: bool,
+    ) -> int:
+        """The first share on ``cur``, the others at the same time on their own connections
+        (committed when this returns); their rejects are added to ``rejects``."""
         shares = [(combined.filter(mask), _origins_in(origins, mask)) for mask in masks]
         with ThreadPoolExecutor(len(shares) - 1, thread_name_prefix="events") as pool:
             others = [
@@ -469,10 +487,7 @@ class Loader:
                 for table, share_origins in shares[1:]
             ]
             table, share_origins = shares[0]
-            count = self._upsert_events(
-                cur, table, "events", "events", result, optimistic, share_origins
-            )
-            rejects: list[Reject] = []
+            count = self._upsert_events(cur, table, "events", rejects, optimistic, share_origins)
             failures: list[BaseException] = []
             for other in others:
                 try:
@@ -486,10 +501,6 @@ class Loader:
                 log.warning("another share of the group failed too", extra={"error": repr(failure)})
             if failures:
                 raise failures[0]
-        # The shares' rejects are written here: rejected_rows is keyed by the escaped id,
-        # which two ids of different shares can share, and no connection of the group may
-        # wait for another one's uncommitted row.
-        self._reject_rows(cur, "events", rejects, result)
         return count
 
     def _load_events_share(
@@ -508,9 +519,7 @@ class Loader:
                 # detector: this wait must end on its own. The group then fails and is
                 # loaded again on the next pass.
                 cur.execute(f"SET LOCAL lock_timeout = {int(self.share_lock_timeout_s * 1000)}")
-                loaded = self._upsert_events(
-                    cur, table, "events", "events", LoadResult(), optimistic, origins, rejects
-                )
+                loaded = self._upsert_events(cur, table, "events", rejects, optimistic, origins)
         return loaded, rejects
 
     def _upsert_events(
@@ -518,15 +527,13 @@ class Loader:
         cur: psycopg.Cursor[Any],
         table: pa.Table,
         target: str,
-        rule: str,
-        result: LoadResult,
+        rejects: list[Reject],
         optimistic: bool = True,
         origins: Sequence[tuple[str, int]] = (),
-        rejects: list[Reject] | None = None,
     ) -> int:
         """Upsert events-shaped rows into ``target``; rows PostgreSQL cannot store (a NUL
-        character, a payload that is not JSON) go to ``rejected_rows`` under ``rule``, or
-        into ``rejects`` when given (for another connection to write).
+        character, a payload that is not JSON) are added to ``rejects``, for the caller to
+        write to ``rejected_rows``.
 
         ``copy``: COPY straight into the table (one pass, like a plain COPY) when the batch
         has no repeated event_id; a unique violation (a replayed or reloaded event) rolls
@@ -538,15 +545,9 @@ class Loader:
             # Screened before COPY: such a row would fail every load of its file.
             indices = pa.array(list(unstorable), pa.int64())
             rows = event_dicts(table.take(indices))
-            self._reject_or_keep(
-                cur,
-                rule,
-                [
-                    (str(row["event_id"]), reason, row, _origin(origins, index))
-                    for (index, reason), row in zip(unstorable.items(), rows, strict=True)
-                ],
-                result,
-                rejects,
+            rejects.extend(
+                (str(row["event_id"]), reason, row, _origin(origins, index))
+                for (index, reason), row in zip(unstorable.items(), rows, strict=True)
             )
             keep = [True] * table.num_rows
             for index in unstorable:
@@ -573,15 +574,9 @@ class Loader:
             mask = valid_json_mask(table["payload"])
             bad_indices = [i for i, ok in enumerate(mask) if not ok]
             bad = table.take(pa.array(bad_indices, pa.int64()))
-            self._reject_or_keep(
-                cur,
-                rule,
-                [
-                    (str(row["event_id"]), "payload is not valid JSON", row, _origin(origins, i))
-                    for i, row in zip(bad_indices, event_dicts(bad), strict=True)
-                ],
-                result,
-                rejects,
+            rejects.extend(
+                (str(row["event_id"]), "payload is not valid JSON", row, _origin(origins, i))
+                for i, row in zip(bad_indices, event_dicts(bad), strict=True)
             )
             count = self._merge_events(cur, table.filter(pa.array(mask)), target)
         cur.execute("RELEASE SAVEPOINT hp_events")
@@ -696,9 +691,11 @@ class Loader:
             if not batch.rule.columns:
                 count = 0
                 if batch.events is not None:
+                    rejects: list[Reject] = []
                     count = self._upsert_events(
-                        cur, batch.events, name, batch.rule.name, result, optimistic, batch.origins
+                        cur, batch.events, name, rejects, optimistic, batch.origins
                     )
+                    self._reject_rows(cur, batch.rule.name, rejects, result)
                 result.tables[name] = count
                 continue
             for file, rejected in batch.rejected:
@@ -755,20 +752,6 @@ class Loader:
         cls._reject_rows(
             cur, rule, [(event_id, reason, row, file) for event_id, reason, row in rejected], result
         )
-
-    @classmethod
-    def _reject_or_keep(
-        cls,
-        cur: psycopg.Cursor[Any],
-        rule: str,
-        rejected: Sequence[Reject],
-        result: LoadResult,
-        keep: list[Reject] | None,
-    ) -> None:
-        if keep is None:
-            cls._reject_rows(cur, rule, rejected, result)
-        else:
-            keep.extend(rejected)
 
     @staticmethod
     def _reject_rows(
