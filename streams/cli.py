@@ -183,20 +183,11 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from hosepipe.cli import start
-        from streams.dlq import read_topic
-        from streams.metrics import merge_snapshots, stats_topic
-        from streams.stats import consumer_lag
+        from streams.stats import consumer_lag, read_totals
 
         runtime = start("stats", config, quiet=True)
         group = runtime.pipeline.streams.consumer_group
-        try:
-            snapshots = [
-                e.value or b""
-                for e in read_topic(runtime.settings, stats_topic(group), snapshot_end=True)
-            ]
-        except RuntimeError:
-            snapshots = []
-        totals = merge_snapshots(snapshots)
+        totals = read_totals(runtime.settings, group)
         lag = consumer_lag(runtime.settings, runtime.pipeline)
         rows = []
         for name in runtime.pipeline.sources:

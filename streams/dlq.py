@@ -92,15 +92,14 @@ def replay_target(entry: DlqEntry) -> str | None:
     return entry.reasons.get("hosepipe.original.topic") or None
 
 
-def read_topic(
-    settings: Settings, topic: str, timeout_s: float = 10.0, *, snapshot_end: bool = False
-) -> Iterator[DlqEntry]:
+def read_topic(settings: Settings, topic: str, timeout_s: float = 10.0) -> Iterator[DlqEntry]:
     """Every message of ``topic`` from the beginning to its current end.
 
-    The end is where partition-EOF is reported (from fetch responses, exact on Tansu too).
-    ``snapshot_end`` also stops a partition at the high-water mark queried at the start, for
-    topics written continuously (stats), where EOF may never be reached; on Tansu that mark
-    can be a few records short (LOCAL_SERVICES.md), acceptable for the latest-snapshot use.
+    The end is where partition-EOF is reported (from fetch responses, exact on Tansu too),
+    which a reader faster than the topic's writers reaches also while they write (the stats
+    topic gets a snapshot per worker every 2 s at most). Not the high-water mark from
+    ListOffsets: Tansu with S3 storage answered 1 for a partition of 5 records, and ~1,870
+    for one of 2,000 written one batch each (2026-12-05), which stopped such reads early.
     """
     import uuid
 
@@ -124,12 +123,7 @@ def read_topic(
         # batches (a listing each) instead of "out of range"; librdkafka drops the
         # repeats, the offset check below any that get through (broker_trim.py).
         partitions = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.partitions]
-        ends: dict[int, int] = {}
-        if snapshot_end:
-            for tp in partitions:
-                _low, high = reader.get_watermark_offsets(tp, timeout=timeout_s)
-                ends[tp.partition] = high
-        pending = {p.partition for p in partitions if ends.get(p.partition, 1) > 0}
+        pending = {p.partition for p in partitions}
         reader.assign(partitions)
         next_offset: dict[int, int] = {}
         idle = 0
@@ -155,8 +149,6 @@ def read_topic(
                 if offset < next_offset.get(partition, 0):
                     continue  # a batch the broker sent again
                 next_offset[partition] = offset + 1
-                if (message.offset() or 0) + 1 >= ends.get(partition, 1 << 62):
-                    pending.discard(partition)
                 reasons, original = split_headers(message.headers())  # type: ignore[arg-type]
                 yield DlqEntry(
                     message.offset() or 0,

@@ -87,7 +87,7 @@ from streams.core import (
 )
 from streams.dedupe import decode_changelog, decode_time, encode_changelog, encode_time
 from streams.faust_credentials import faust_broker_credentials
-from streams.metrics import StageCounters, stats_topic
+from streams.metrics import STATS_TOPIC_CONFIG, StageCounters, stats_topic
 
 if TYPE_CHECKING:
     from confluent_kafka import Producer
@@ -654,7 +654,7 @@ class FaustEngine(EngineBase[FaustOptions]):
                 stats,
                 num_partitions=1,
                 replication_factor=self.pipeline.topics.replication_factor,
-                config={"retention.ms": "-1", "retention.bytes": "-1"},
+                config=STATS_TOPIC_CONFIG,
             )
             for name, future in admin.create_topics([new], operation_timeout=30).items():
                 try:
@@ -795,12 +795,13 @@ class FaustEngine(EngineBase[FaustOptions]):
         if not force and time.monotonic() - self._last_stats < self.options.stats_every_s / 2:
             return
         self._last_stats = time.monotonic()
+        snapshot = self.counters.snapshot_if_changed(self.worker_id)
+        if snapshot is None:
+            return
         topic = stats_topic(self.options.group)
         while True:
             try:
-                producer.produce(
-                    topic, self.counters.snapshot(self.worker_id), self.worker_id.encode()
-                )
+                producer.produce(topic, snapshot, self.worker_id.encode())
                 break
             except BufferError:
                 producer.poll(0.05)

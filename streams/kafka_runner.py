@@ -60,7 +60,7 @@ from streams.dedupe import (
     decode_changelog,
     encode_changelog,
 )
-from streams.metrics import StageCounters, stats_topic
+from streams.metrics import STATS_TOPIC_CONFIG, StageCounters, stats_topic
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer, Message, Producer, TopicPartition
@@ -527,11 +527,14 @@ class KafkaRunner(EngineBase[RunnerOptions]):
         if not force and time.monotonic() - self._last_stats < self.options.stats_every_s:
             return
         self._last_stats = time.monotonic()
+        snapshot = self.counters.snapshot_if_changed(self.worker_id)
+        if snapshot is None:
+            return
         self._produce(
             producer.produce,
             stats_topic(self.options.group),
             self.worker_id.encode(),
-            self.counters.snapshot(self.worker_id),
+            snapshot,
             None,
         )
         producer.poll(0)
@@ -693,7 +696,7 @@ class KafkaRunner(EngineBase[RunnerOptions]):
                     stats,
                     num_partitions=1,
                     replication_factor=replication,
-                    config={"retention.ms": "-1", "retention.bytes": "-1"},
+                    config=STATS_TOPIC_CONFIG,
                 )
             )
         if not wanted:

@@ -2,8 +2,12 @@
 
 A worker keeps running totals per source (:class:`StageCounters`). After every committed batch
 they go to Prometheus (``hosepipe_streams_records_total{source, outcome}``) and, at most every
-few seconds and at shutdown, as a JSON snapshot keyed by the worker's instance id to the stats
-topic; ``hosepipe stats`` adds up the latest snapshot of every worker instance that ever ran.
+few seconds and at shutdown *when they changed*, as a JSON snapshot keyed by the worker's
+instance id to the stats topic; ``hosepipe stats`` adds up the latest snapshot of every
+worker instance that ever ran. Each snapshot carries a sequence number of its instance, and
+the highest wins (:func:`latest_snapshots`), not the last in the topic: the embedded
+broker's trim compacts the topic by appending copies of old snapshots again
+(``hosepipe/localstack/broker_trim.py``), and such a copy must never hide a newer one.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from prometheus_client import Counter, Gauge
@@ -21,6 +25,10 @@ from prometheus_client import Counter, Gauge
 from streams.core import SourceCounts
 
 OUTCOMES = ("received", "out", "duplicates", "dropped", "dead_lettered")
+# Compacted: Kafka keeps the latest snapshot per worker instance, which is all that
+# `hosepipe stats` reads; with retention alone the topic would grow by a record every few
+# seconds per busy worker, forever, and `hosepipe stats` reads it whole.
+STATS_TOPIC_CONFIG = {"cleanup.policy": "compact"}
 
 
 def stats_topic(group: str) -> str:
@@ -63,6 +71,8 @@ class StageCounters:
             ),
         )
         self.lag: dict[tuple[str, int], int] = {}
+        self._seq = 0
+        self._published: tuple[dict[str, Any], dict[str, int]] | None = None
 
     def add(self, counts: Mapping[str, SourceCounts]) -> None:
         for source, delta in counts.items():
@@ -77,13 +87,23 @@ class StageCounters:
         self.lag[(topic, partition)] = lag
         self._lag.labels(topic, str(partition)).set(lag)
 
-    def snapshot(self, worker: str) -> bytes:
+    def snapshot_if_changed(self, worker: str) -> bytes | None:
+        """The next snapshot of ``worker`` to publish, or None when its totals and lag are
+        what the last one said (an idle worker would otherwise add a record every few
+        seconds, forever)."""
+        sources = {s: asdict(c) for s, c in self.totals.items()}
+        lag = {f"{t}:{p}": n for (t, p), n in self.lag.items()}
+        if self._published == (sources, lag):
+            return None
+        self._published = (sources, lag)
+        self._seq += 1
         return orjson.dumps(
             {
                 "worker": worker,
+                "seq": self._seq,
                 "updated_at": time.time(),
-                "sources": {s: asdict(c) for s, c in self.totals.items()},
-                "lag": {f"{t}:{p}": n for (t, p), n in self.lag.items()},
+                "sources": sources,
+                "lag": lag,
             }
         )
 
@@ -96,17 +116,38 @@ def _get_or_make(registry: Any, name: str, make: Any) -> Any:
     return existing if existing is not None else make()
 
 
-def merge_snapshots(snapshots: Iterable[bytes]) -> dict[str, SourceCounts]:
-    """Sum the latest snapshot of each worker instance (later snapshots replace earlier)."""
-    latest: dict[str, dict[str, Any]] = {}
-    for value in snapshots:
+class Snapshot(NamedTuple):
+    """One worker instance's published counters, where it was read from."""
+
+    offset: int
+    seq: int  # -1: published before snapshots carried a sequence number
+    data: dict[str, Any]
+    raw: bytes
+
+
+def latest_snapshots(records: Iterable[tuple[int, bytes | None]]) -> dict[str, Snapshot]:
+    """The winning snapshot of each worker instance among ``(offset, value)`` records: the
+    highest ``seq``, and of equal ``seq`` the higher offset. Values that are not snapshots
+    are skipped."""
+    latest: dict[str, Snapshot] = {}
+    for offset, value in records:
         try:
-            data = orjson.loads(value)
-            latest[str(data["worker"])] = data
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+            data = orjson.loads(value or b"")
+            worker = str(data["worker"])
+            seq = int(data.get("seq", -1))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             continue
+        current = latest.get(worker)
+        if current is None or (seq, offset) >= (current.seq, current.offset):
+            latest[worker] = Snapshot(offset, seq, data, value or b"")
+    return latest
+
+
+def merge_snapshots(snapshots: Iterable[bytes]) -> dict[str, SourceCounts]:
+    """Sum the winning snapshot of each worker instance (``snapshots`` in topic order)."""
+    latest = latest_snapshots(enumerate(snapshots))
     totals: dict[str, SourceCounts] = {}
-    for data in latest.values():
+    for data in (snapshot.data for snapshot in latest.values()):
         for source, counts in data.get("sources", {}).items():
             totals.setdefault(source, SourceCounts()).add(SourceCounts(**counts))
     return totals

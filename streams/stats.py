@@ -1,4 +1,4 @@
-"""Consumer lag of the worker group: high-water marks minus committed offsets."""
+"""What ``hosepipe stats`` shows: the worker group's totals and consumer lag."""
 
 from __future__ import annotations
 
@@ -7,6 +7,20 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from hosepipe.config import PipelineConfig
     from hosepipe.settings import Settings
+    from streams.core import SourceCounts
+
+
+def read_totals(settings: Settings, group: str) -> dict[str, SourceCounts]:
+    """Per-source totals of every worker instance of ``group`` that ever ran, from its
+    stats topic read to the end ({} when the topic does not exist yet)."""
+    from streams.dlq import read_topic
+    from streams.metrics import merge_snapshots, stats_topic
+
+    try:
+        snapshots = [entry.value or b"" for entry in read_topic(settings, stats_topic(group))]
+    except RuntimeError:
+        return {}
+    return merge_snapshots(snapshots)
 
 
 def consumer_lag(settings: Settings, pipeline: PipelineConfig) -> dict[str, int | None]:

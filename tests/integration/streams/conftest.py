@@ -127,18 +127,10 @@ class Stage:
 
     def stats(self) -> Any:
         """The workers' merged counters of this source (None before the stats topic exists)."""
-        from streams.dlq import read_topic
-        from streams.metrics import merge_snapshots, stats_topic
+        from streams.stats import read_totals
 
-        group = self.pipeline.streams.consumer_group
-        try:
-            snapshots = [
-                e.value or b""
-                for e in read_topic(self.settings, stats_topic(group), snapshot_end=True)
-            ]
-        except RuntimeError:  # the worker has not created its stats topic yet
-            return None
-        return merge_snapshots(snapshots).get(self.source)
+        # {} until the worker has created its stats topic
+        return read_totals(self.settings, self.pipeline.streams.consumer_group).get(self.source)
 
     @staticmethod
     def wait_for(
@@ -175,7 +167,7 @@ class Stage:
         lines: list[str] = []
         try:
             latest: dict[str, Any] = {}
-            for entry in read_topic(self.settings, stats_topic(group), snapshot_end=True):
+            for entry in read_topic(self.settings, stats_topic(group)):
                 data = orjson.loads(entry.value or b"{}")
                 latest[str(data.pop("worker", None))] = data
             lines += [f"worker {w} counters: {c}" for w, c in latest.items()]
