@@ -92,6 +92,10 @@ def replay_target(entry: DlqEntry) -> str | None:
     return entry.reasons.get("hosepipe.original.topic") or None
 
 
+class TopicMissingError(RuntimeError):
+    """The topic to read does not exist (yet)."""
+
+
 def read_topic(settings: Settings, topic: str, timeout_s: float = 10.0) -> Iterator[DlqEntry]:
     """Every message of ``topic`` from the beginning to its current end.
 
@@ -117,7 +121,7 @@ def read_topic(settings: Settings, topic: str, timeout_s: float = 10.0) -> Itera
     try:
         metadata = reader.list_topics(topic, timeout=timeout_s).topics.get(topic)
         if metadata is None or metadata.error is not None or not metadata.partitions:
-            raise RuntimeError(f"topic {topic!r} does not exist")
+            raise TopicMissingError(f"topic {topic!r} does not exist")
         # OFFSET_BEGINNING, not 0: on the embedded broker the oldest records may have been
         # trimmed, and Tansu 0.6 answers a fetch below the log start by repeating the kept
         # batches (a listing each) instead of "out of range"; librdkafka drops the

@@ -29,6 +29,9 @@ OUTCOMES = ("received", "out", "duplicates", "dropped", "dead_lettered")
 # `hosepipe stats` reads; with retention alone the topic would grow by a record every few
 # seconds per busy worker, forever, and `hosepipe stats` reads it whole.
 STATS_TOPIC_CONFIG = {"cleanup.policy": "compact"}
+# An unchanged snapshot is still published this often: a snapshot lost in delivery (a broker
+# restart) is then repaired within minutes also for a worker whose counts stay put.
+STATS_HEARTBEAT_S = 300.0
 
 
 def stats_topic(group: str) -> str:
@@ -73,6 +76,7 @@ class StageCounters:
         self.lag: dict[tuple[str, int], int] = {}
         self._seq = 0
         self._published: tuple[dict[str, Any], dict[str, int]] | None = None
+        self._published_at = 0.0  # time.monotonic()
 
     def add(self, counts: Mapping[str, SourceCounts]) -> None:
         for source, delta in counts.items():
@@ -87,15 +91,17 @@ class StageCounters:
         self.lag[(topic, partition)] = lag
         self._lag.labels(topic, str(partition)).set(lag)
 
-    def snapshot_if_changed(self, worker: str) -> bytes | None:
+    def snapshot_if_changed(self, worker: str, now: float | None = None) -> bytes | None:
         """The next snapshot of ``worker`` to publish, or None when its totals and lag are
-        what the last one said (an idle worker would otherwise add a record every few
-        seconds, forever)."""
+        what the last one said less than ``STATS_HEARTBEAT_S`` ago (an idle worker would
+        otherwise add a record every few seconds, forever). ``now``: ``time.monotonic()``."""
+        moment = time.monotonic() if now is None else now
         sources = {s: asdict(c) for s, c in self.totals.items()}
         lag = {f"{t}:{p}": n for (t, p), n in self.lag.items()}
-        if self._published == (sources, lag):
+        if self._published == (sources, lag) and moment - self._published_at < STATS_HEARTBEAT_S:
             return None
         self._published = (sources, lag)
+        self._published_at = moment
         self._seq += 1
         return orjson.dumps(
             {

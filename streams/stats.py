@@ -13,12 +13,12 @@ if TYPE_CHECKING:
 def read_totals(settings: Settings, group: str) -> dict[str, SourceCounts]:
     """Per-source totals of every worker instance of ``group`` that ever ran, from its
     stats topic read to the end ({} when the topic does not exist yet)."""
-    from streams.dlq import read_topic
+    from streams.dlq import TopicMissingError, read_topic
     from streams.metrics import merge_snapshots, stats_topic
 
     try:
         snapshots = [entry.value or b"" for entry in read_topic(settings, stats_topic(group))]
-    except RuntimeError:
+    except TopicMissingError:  # no worker of the group has run yet
         return {}
     return merge_snapshots(snapshots)
 

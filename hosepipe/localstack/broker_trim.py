@@ -26,7 +26,7 @@ object qualifying by one of three rules:
   lists the lake at start and whenever it meets a gap in the log, so it never needs old
   announcements.
 
-The worker's **stats topic** is compacted here, as Kafka would compact it: once more than
+The worker's **stats topic** is compacted here, as Kafka would compact it: once at least
 ``SNAPSHOT_COMPACT_MIN`` of its objects are older than ``SNAPSHOT_KEEP_S``, the pass reads
 the topic, appends again the winning snapshot of every worker instance whose winner lies in
 that prefix, and deletes the prefix. A snapshot carries its instance's sequence number and
@@ -417,7 +417,11 @@ class BrokerTrimmer:
         report = TrimReport()
         for (topic, partition), batches in sorted(objects.items()):
             if topic in self.snapshot_topics:
-                doomed = self._compact_snapshots(topic, partition, batches, moment)
+                try:
+                    doomed = self._compact_snapshots(topic, partition, batches, moment)
+                except BrokerTrimError as exc:  # the other topics are still trimmed
+                    log.warning("stats topic %s not compacted (tried again later): %s", topic, exc)
+                    doomed = []
             else:
                 rule = self._rule(topic, configs[topic], lowest.get((topic, partition)))
                 doomed = [] if rule is None else objects_to_delete(batches, rule, moment)

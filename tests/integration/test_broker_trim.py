@@ -353,3 +353,23 @@ def test_stats_read_to_the_end_on_a_broker_in_s3(trim_kit: TrimKit) -> None:
         producer.produce(topic, orjson.dumps(value), b"w1", partition=0)
         producer.flush(10)
     assert read_totals(trim_kit.settings(), group)["orders"].received == 30
+
+
+def test_a_failed_stats_compaction_leaves_the_other_topics_trimmed(
+    trim_kit: TrimKit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hosepipe.localstack.broker_trim import BrokerTrimError
+
+    raw, stats = trim_kit.topic("raw"), trim_kit.topic("stats", **{"cleanup.policy": "compact"})
+    trim_kit.produce(raw, range(5))
+    trim_kit.produce(stats, range(3))
+    trim_kit.commit("workers", raw, 5)
+    trimmer = trim_kit.trimmer([raw], snapshot_topics=(stats,))
+
+    def broken(*_args: Any) -> list[Any]:
+        raise BrokerTrimError("reading the stats topic timed out")
+
+    monkeypatch.setattr(trimmer, "_compact_snapshots", broken)
+    report = trimmer.trim_once()
+    assert report.deleted.get(raw) == 4 and report.deleted.get(stats) is None
+    assert trim_kit.offsets(stats) == [0, 1, 2]

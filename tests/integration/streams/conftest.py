@@ -161,16 +161,14 @@ class Stage:
 
         from hosepipe.kafka import make_consumer
         from streams.dlq import read_topic
-        from streams.metrics import stats_topic
+        from streams.metrics import latest_snapshots, stats_topic
 
         group = self.pipeline.streams.consumer_group
         lines: list[str] = []
         try:
-            latest: dict[str, Any] = {}
-            for entry in read_topic(self.settings, stats_topic(group)):
-                data = orjson.loads(entry.value or b"{}")
-                latest[str(data.pop("worker", None))] = data
-            lines += [f"worker {w} counters: {c}" for w, c in latest.items()]
+            entries = read_topic(self.settings, stats_topic(group))
+            latest = latest_snapshots((e.offset, e.value) for e in entries)
+            lines += [f"worker {w} counters: {s.data}" for w, s in latest.items()]
         except RuntimeError as exc:
             lines.append(f"no counters: {exc}")
         consumer = make_consumer(self.settings, group)

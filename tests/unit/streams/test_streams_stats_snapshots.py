@@ -9,27 +9,37 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from streams.core import SourceCounts
-from streams.metrics import StageCounters, latest_snapshots, merge_snapshots
+from streams.metrics import (
+    STATS_HEARTBEAT_S,
+    StageCounters,
+    latest_snapshots,
+    merge_snapshots,
+)
 
 
 def counters() -> StageCounters:
     return StageCounters(CollectorRegistry())
 
 
-def test_a_snapshot_is_published_only_when_totals_or_lag_changed() -> None:
+def test_a_snapshot_is_published_when_totals_or_lag_changed_or_as_a_heartbeat() -> None:
     stage = counters()
-    first = stage.snapshot_if_changed("w1")
+    first = stage.snapshot_if_changed("w1", now=1000.0)
     assert first is not None and orjson.loads(first)["seq"] == 1
-    assert stage.snapshot_if_changed("w1") is None  # idle: nothing new to say
+    assert stage.snapshot_if_changed("w1", now=1002.0) is None  # idle: nothing new to say
     stage.add({"orders": SourceCounts(received=3, out=3)})
-    second = stage.snapshot_if_changed("w1")
+    second = stage.snapshot_if_changed("w1", now=1004.0)
     assert second is not None
     data = orjson.loads(second)
     assert data["seq"] == 2 and data["sources"]["orders"]["out"] == 3
-    assert stage.snapshot_if_changed("w1") is None
+    assert stage.snapshot_if_changed("w1", now=1006.0) is None
     stage.set_lag("raw.orders", 0, 7)
-    lagged = stage.snapshot_if_changed("w1")
+    lagged = stage.snapshot_if_changed("w1", now=1008.0)
     assert lagged is not None and orjson.loads(lagged)["lag"] == {"raw.orders:0": 7}
+    # unchanged, but a lost snapshot must not stay lost: the same counts again, a new seq
+    assert stage.snapshot_if_changed("w1", now=1008.0 + STATS_HEARTBEAT_S - 1) is None
+    heartbeat = stage.snapshot_if_changed("w1", now=1008.0 + STATS_HEARTBEAT_S)
+    assert heartbeat is not None and orjson.loads(heartbeat)["seq"] == 4
+    assert orjson.loads(heartbeat)["sources"] == data["sources"]
 
 
 def snapshot(worker: str, seq: int | None, out: int) -> bytes:
