@@ -652,10 +652,11 @@ class Loader:
                 kept = picked.filter(pa.array(mask, pa.bool_()))
                 if kept.num_rows:
                     rows = range(combined.num_rows) if indices is None else indices.to_pylist()
+                    in_group = [False] * combined.num_rows
+                    for row, ok in zip(rows, mask, strict=True):
+                        in_group[row] = ok
                     batch.events = kept
-                    batch.origins = _origins_of(
-                        origins, [row for row, ok in zip(rows, mask, strict=True) if ok]
-                    )
+                    batch.origins = _origins_in(origins, pa.array(in_group, pa.bool_()))
                 continue
             output = project_table(rule, picked, event_dicts)
             if output.rejected:
@@ -803,24 +804,6 @@ def _origins_in(origins: Sequence[tuple[str, int]], mask: pa.BooleanArray) -> li
         if kept:
             counts.append((path, kept))
         start += rows
-    return counts
-
-
-def _origins_of(origins: Sequence[tuple[str, int]], rows: Sequence[int]) -> list[tuple[str, int]]:
-    """``origins`` of the table made of the rows at ascending ``rows`` (files left empty
-    are dropped)."""
-    counts: list[tuple[str, int]] = []
-    position = 0
-    start = 0
-    for path, size in origins:
-        end = start + size
-        count = 0
-        while position < len(rows) and rows[position] < end:
-            count += 1
-            position += 1
-        if count:
-            counts.append((path, count))
-        start = end
     return counts
 
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from hosepipe.lake import events_to_table
 from selector.load import (
     _attributes_json_slow,
+    _origins_in,
     attributes_json,
     csv_events,
     event_id_shares,
@@ -143,3 +144,19 @@ def test_event_id_shares_from_a_sample_still_cover_every_row_once() -> None:
     for number, rows in enumerate(shares):
         for row in rows:
             assert home.setdefault(ids[row], number) == number
+
+
+@given(st.lists(st.integers(0, 6), min_size=1, max_size=6), st.data())
+def test_origins_of_kept_rows_follow_the_files_in_order(
+    sizes: list[int], data: st.DataObject
+) -> None:
+    """The rows a mask keeps, counted per lake file (a file left empty is dropped): what
+    names the file of a reject in a share or a rule's subset of the group."""
+    origins = [(f"f{i}", size) for i, size in enumerate(sizes)]
+    files = [path for path, size in origins for _ in range(size)]
+    keep = data.draw(st.lists(st.booleans(), min_size=len(files), max_size=len(files)))
+    expected: dict[str, int] = {}
+    for path, kept in zip(files, keep, strict=True):
+        if kept:
+            expected[path] = expected.get(path, 0) + 1
+    assert _origins_in(origins, pa.array(keep, pa.bool_())) == list(expected.items())
