@@ -39,7 +39,7 @@ lint: install
 
 typecheck: install
 	$(BIN)/mypy hosepipe connectors streams sink selector api schemas
-	$(BIN)/mypy bench  # apart: bench/api.py would shadow the api package
+	$(BIN)/mypy bench  # apart: a second module named like a package would clash
 
 unit: install
 	$(BIN)/python -m pytest -q -m "not integration and not slow" $(PYTEST_ARGS)

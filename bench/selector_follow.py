@@ -32,24 +32,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-if str(HERE) in sys.path:  # bench/selector.py would shadow the selector package
-    sys.path.remove(str(HERE))
+import psutil
+from sqlalchemy import text
 
-import psutil  # noqa: E402
-from sqlalchemy import text  # noqa: E402
-
-from hosepipe.file_log import LandedFile, encode_landed, ensure_file_log_topic  # noqa: E402
-from hosepipe.kafka import make_producer  # noqa: E402
-from hosepipe.lake import (  # noqa: E402
+from hosepipe.file_log import LandedFile, encode_landed, ensure_file_log_topic
+from hosepipe.kafka import make_producer
+from hosepipe.lake import (
     data_file_key,
     events_to_table,
     open_lake_store,
     parquet_bytes,
 )
-from selector.runner import RunOptions  # noqa: E402
-from selector.service import build_selector  # noqa: E402
+from selector.runner import RunOptions
+from selector.service import build_selector
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 
 HOUR_US = 3_600_000_000
 BASE_US = 1_763_769_600_000_000  # 2025-11-22T00:00Z

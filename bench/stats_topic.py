@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -23,10 +22,6 @@ from pathlib import Path
 
 import orjson
 import psutil
-
-HERE = str(Path(__file__).resolve().parent)
-if HERE in sys.path:  # bench/streams.py would shadow the streams package
-    sys.path.remove(HERE)
 
 BUCKET = "tansu"
 KEY, SECRET = "bench", "bench-secret-key"

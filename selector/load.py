@@ -9,7 +9,7 @@ so. Upserts make a repeated load harmless, so "again" never means "twice". A big
 (``selection.load_connections``): those shares commit just before the group's transaction,
 so a crash in between leaves only ``events`` rows, which the next load upserts in place.
 
-Upsert method (measured in bench/selector.py): the Arrow table is written as CSV by
+Upsert method (measured in bench/selector_load.py): the Arrow table is written as CSV by
 pyarrow's C++ writer and streamed with ``COPY`` straight into the table inside a savepoint;
 a unique violation (an event loaded before, or repeated in the batch) rolls back to it and
 merges instead: COPY into a temporary table, then ``INSERT ... SELECT DISTINCT ON (key) ...

@@ -148,7 +148,7 @@ class SinkRunner:
                 "queued.max.messages.kbytes": 32 * 1024,
                 # once that queue is full, librdkafka stops fetching a partition for this
                 # long (default 1 s): the sink drains 10,000 messages per poll, so the fetch
-                # pipeline stalled and it ran at ~125k rows/s instead of ~180k+ (bench/sink.py)
+                # pipeline stalled and it ran at ~125k rows/s instead of ~180k+ (bench/sink_stage.py)
                 "fetch.queue.backoff.ms": 20,
                 **(consumer_overrides or {}),
             },
@@ -750,7 +750,7 @@ def run_sink(settings: Settings, pipeline: PipelineConfig) -> None:
 
     runner = SinkRunner(settings, pipeline)
     # Every consumed message is a GC-tracked object, 10,000 per poll: with the default
-    # thresholds the collector cost 0.7 µs per message (0.05 after; bench/sink.py).
+    # thresholds the collector cost 0.7 µs per message (0.05 after; bench/sink_stage.py).
     settle_garbage_collector(50_000, 20, 20)
     server = None
     if settings.metrics_port:

@@ -1,7 +1,7 @@
 """Stream-stage throughput: both engines beside the plain loop (ceiling) and quixstreams (peer).
 
-    python bench/streams.py --events 200000            # starts its own Tansu broker
-    python bench/streams.py --events 1000000 --bootstrap 127.0.0.1:9092
+    python bench/stream_stage.py --events 200000            # starts its own Tansu broker
+    python bench/stream_stage.py --events 1000000 --bootstrap 127.0.0.1:9092
 
 Each contender reads its own copy of the same raw topic (4 partitions; N clickstream JSON
 events of ~250 B, 10 % duplicates, 1 % invalid JSON) in a child process and writes canonical

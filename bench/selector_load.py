@@ -1,8 +1,8 @@
 """Selector throughput: N lake events into PostgreSQL, beside a plain COPY of the same rows.
 
-    .venv/bin/python bench/selector.py                 # 1,000,000 events, embedded PostgreSQL
-    .venv/bin/python bench/selector.py -n 200000 --insert-rows 50000
-    .venv/bin/python bench/selector.py --scenario small --lake s3   # 2,000 files of ~200 rows
+    .venv/bin/python bench/selector_load.py                 # 1,000,000 events, embedded PostgreSQL
+    .venv/bin/python bench/selector_load.py -n 200000 --insert-rows 50000
+    .venv/bin/python bench/selector_load.py --scenario small --lake s3   # 2,000 files of ~200 rows
 
 Two lakes (``--scenario``):
 
@@ -415,8 +415,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    # This file is named like the `selector` package; as a script its directory comes first
-    # on sys.path and would shadow the package.
-    here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
     main()

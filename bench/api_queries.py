@@ -10,9 +10,9 @@ three queries, printing requests/s, latency percentiles and the server's CPU tim
   (b) a deep page: 50 rows after a cursor in the middle of the table
   (c) an aggregate: ``eventCounts(groupBy: [SOURCE, EVENT_TYPE])`` over one day
 
-    python bench/api.py                      # 1M rows, embedded PostgreSQL
-    python bench/api.py --rows 200000 --duration 10 --concurrency 16
-    python bench/api.py --database-url postgresql+psycopg://u:p@127.0.0.1:5432/db
+    python bench/api_queries.py                      # 1M rows, embedded PostgreSQL
+    python bench/api_queries.py --rows 200000 --duration 10 --concurrency 16
+    python bench/api_queries.py --database-url postgresql+psycopg://u:p@127.0.0.1:5432/db
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ produces N events (4 partitions) spread over 48 event hours, then in the same ru
    wall time when the machine is shared. The group join on Tansu takes about half of
    ``session.timeout.ms`` (3 s with the default 6 s), which is why it is reported apart.
 
-    .venv/bin/python bench/sink.py --events 1000000
+    .venv/bin/python bench/sink_stage.py --events 1000000
 """
 
 from __future__ import annotations
