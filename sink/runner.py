@@ -148,7 +148,8 @@ class SinkRunner:
                 "queued.max.messages.kbytes": 32 * 1024,
                 # once that queue is full, librdkafka stops fetching a partition for this
                 # long (default 1 s): the sink drains 10,000 messages per poll, so the fetch
-                # pipeline stalled and it ran at ~125k rows/s instead of ~180k+ (bench/sink_stage.py)
+                # pipeline stalled and it ran at ~125k rows/s instead of ~180k+
+                # (bench/sink_stage.py)
                 "fetch.queue.backoff.ms": 20,
                 **(consumer_overrides or {}),
             },

@@ -77,3 +77,10 @@ class ImplausibleTimestamp(RecordError):
     """``occurred_at`` is outside the plausibility range of the ``streams`` config."""
 
     stage = "validate"
+
+
+class EventTooLarge(RecordError):
+    """The canonical event is larger than the worker's per-message limit (from the source's
+    ``max_record_bytes`` and the output topics' ``max.message.bytes``)."""
+
+    stage = "encode"

@@ -45,13 +45,11 @@ from streams.canonical_avro import fast_writer_for
 from streams.core import (
     BatchResult,
     CanonicalOutput,
-    DeadLetter,
     EngineBase,
     RawRecord,
     StreamCore,
     encode_one_by_one,
     fit_dead_letter,
-    message_bytes,
     now_micros,
 )
 from streams.dedupe import (
@@ -61,6 +59,13 @@ from streams.dedupe import (
     encode_changelog,
 )
 from streams.metrics import STATS_TOPIC_CONFIG, StageCounters, stats_topic
+from streams.output import (
+    dead_letter_message,
+    dead_letter_too_large,
+    max_message_bytes,
+    set_aside_too_large,
+    size_output,
+)
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer, Message, Producer, TopicPartition
@@ -71,20 +76,6 @@ EXPIRE_EVERY_S = 60.0
 STATS_EVERY_S = 2.0
 FLUSH_TIMEOUT_S = 60.0
 INFLIGHT_POLL_TIMEOUT_S = 0.02
-MESSAGE_HEADROOM_BYTES = 1024 * 1024
-
-
-def max_message_bytes(pipeline: PipelineConfig) -> int:
-    """The worker producers' ``message.max.bytes``.
-
-    A record of ``max_record_bytes`` can become a larger canonical event (payload JSON, id,
-    attributes, Avro framing) and its dead letter carries reason headers, so librdkafka's
-    default (1,000,000) would refuse what the sources accept: twice the largest
-    ``max_record_bytes`` plus 1 MiB. Anything still larger is dead-lettered (events) or
-    truncated with its size in a header (dead letters), never a crash.
-    """
-    biggest = max((s.max_record_bytes for s in pipeline.sources.values()), default=1_000_000)
-    return min(max(1_000_000, 2 * biggest + MESSAGE_HEADROOM_BYTES), 1_000_000_000)
 
 
 CHANGELOG_MESSAGE_BYTES = 512 * 1024
@@ -104,10 +95,6 @@ def _chunks(ids: list[str], max_bytes: int) -> list[list[str]]:
         chunks[-1].append(event_id)
         size += cost
     return chunks
-
-
-class EventTooLarge(Exception):
-    """Error class name of a canonical event larger than the producer's message.max.bytes."""
 
 
 class DeliveryFailed(RuntimeError):
@@ -195,26 +182,10 @@ class KafkaRunner(EngineBase[RunnerOptions]):
         self._ensure_internal_topics()
         self.encoder = make_encoder(self.settings, self.pipeline.topics.canonical)
         self._write_events = fast_writer_for(self.encoder)
-        self._size_output()
-        # Canonical events and dead letters: delivery reports only for failures (a Python
-        # callback per delivered message measured ~7 % of the per-event cost); flush()
-        # returning 0 with no failure reported means every message was acknowledged.
-        # A batch's produce calls take ~20 ms per 10,000 events, so with linger.ms=50 and a
-        # batch.size from the topics' limits it leaves as one message set per partition (one
-        # S3 object on the embedded broker: a third of the objects of linger.ms=5, a quarter
-        # less S3 server CPU), still sent while the next batch is processed; flush() sends
-        # at once whatever the linger, so an idle input waits for nothing.
+        size = size_output(self.settings, self.pipeline, self.max_message_bytes)
+        self.batch_bytes, self.max_message_bytes = size.batch_bytes, size.max_message_bytes
         self._producer = make_producer(
-            self.settings,
-            on_delivery=self._on_delivery,
-            **{
-                "linger.ms": 50,
-                "batch.size": self.batch_bytes,
-                "delivery.report.only.error": True,
-                # librdkafka also caps a message set at message.max.bytes; the per-message
-                # limit (max_message_bytes) is checked in _emit instead.
-                "message.max.bytes": max(self.max_message_bytes, self.batch_bytes),
-            },
+            self.settings, on_delivery=self._on_delivery, **size.producer_options()
         )
         # Changelog and stats: few messages, full reports (changelog offsets come from them).
         self._state_producer = make_producer(
@@ -348,70 +319,37 @@ class KafkaRunner(EngineBase[RunnerOptions]):
             values = self._write_events([o.event for o in result.outputs])
         except ValueError:
             values = encode_one_by_one(result, self.encoder.encode, now)
-        outputs = result.outputs
+        limit = self.max_message_bytes
+        values = set_aside_too_large(result, values, limit, now)
         canonical = self.pipeline.topics.canonical
         produce = producer.produce
-        too_large: list[tuple[CanonicalOutput, int]] = []
-        limit = self.max_message_bytes
-        for output, value in zip(outputs, values, strict=True):
+        refused: list[tuple[CanonicalOutput, int]] = []
+        for output, value in zip(result.outputs, values, strict=True):
             key = output.event["event_id"].encode()
-            if len(key) + len(value) > limit:  # what librdkafka counts for a headerless message
-                too_large.append((output, len(value)))
-                continue
             while True:
                 try:
                     produce(canonical, value, key)
                     break
                 except BufferError:  # local queue full: let deliveries drain
                     producer.poll(0.05)
-                except KafkaException as exc:
+                except KafkaException as exc:  # librdkafka counted more than we did
                     if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
                         raise
-                    too_large.append((output, len(value)))
+                    refused.append((output, len(value)))
                     break
-        if too_large:
-            self._dead_letter_too_large(result, too_large, now)
+        if refused:
+            dead_letter_too_large(result, refused, limit, now)
         dlq = self.pipeline.topics.dlq
         for letter in result.dead_letters:
-            record = letter.record
-            letter_value = record.value
-            headers = letter.headers()
-            if message_bytes(record.key, letter_value, headers) > limit:
-                letter_value, headers = fit_dead_letter(record.key, letter_value, headers, limit)
+            key = letter.record.key
+            letter_value, headers = dead_letter_message(letter, limit)
             try:
-                self._produce(produce, dlq, record.key, letter_value, headers)
+                self._produce(produce, dlq, key, letter_value, headers)
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
                     raise
-                value, headers = fit_dead_letter(
-                    record.key, record.value, letter.headers(), self.max_message_bytes
-                )
-                self._produce(produce, dlq, record.key, value, headers)
-
-    def _dead_letter_too_large(
-        self, result: BatchResult, too_large: list[tuple[CanonicalOutput, int]], now: int
-    ) -> None:
-        """Events the producer refuses for their size: dead letters instead (never a crash)."""
-        refused = {id(output) for output, _ in too_large}
-        result.outputs = [o for o in result.outputs if id(o) not in refused]
-        for output, size in too_large:
-            source = output.event["source"]
-            result.dead_letters.append(
-                DeadLetter(
-                    output.record,
-                    source,
-                    "encode",
-                    EventTooLarge.__name__,
-                    f"canonical event {output.event['event_id']!r} is {size} bytes, over the "
-                    f"worker's per-message limit {self.max_message_bytes} (from the source's "
-                    "max_record_bytes and the canonical and DLQ topics' max.message.bytes; "
-                    "raise those carefully or shrink the payload)",
-                    now,
-                )
-            )
-            counts = result.counts[source]
-            counts.out -= 1
-            counts.dead_lettered += 1
+                letter_value, headers = fit_dead_letter(key, letter.record.value, headers, limit)
+                self._produce(produce, dlq, key, letter_value, headers)
 
     def _produce(
         self,
@@ -635,28 +573,6 @@ class KafkaRunner(EngineBase[RunnerOptions]):
         return (topic[len(prefix) :], partition)
 
     # ------------------------------------------------------------------ topics
-
-    def _size_output(self) -> None:
-        """Batch size and per-message limit of the output producer, from the canonical and
-        DLQ topics' ``max.message.bytes`` on the broker."""
-        from hosepipe.kafka import (
-            batch_bytes_for,
-            make_admin,
-            message_bytes_for,
-            topic_max_message_bytes,
-        )
-
-        topics = [self.pipeline.topics.canonical, self.pipeline.topics.dlq]
-        limits = topic_max_message_bytes(make_admin(self.settings), topics)
-        self.batch_bytes = batch_bytes_for(limits.values())
-        self.max_message_bytes = message_bytes_for(limits.values(), self.max_message_bytes)
-        log.info(
-            "output producer: batch.size %d, messages up to %d bytes (max.message.bytes of %s)",
-            self.batch_bytes,
-            self.max_message_bytes,
-            ", ".join(f"{t}: {'unknown' if v is None else v}" for t, v in limits.items()),
-            extra={"batch_bytes": self.batch_bytes, "max_message_bytes": self.max_message_bytes},
-        )
 
     def _ensure_internal_topics(self) -> None:
         """Create changelog topics (same partitions as their raw topic) and the stats topic."""

@@ -287,15 +287,23 @@ def engine(request: pytest.FixtureRequest) -> str:
 
 
 def make_stage(
-    kafka_bootstrap: str, tmp_path: Path, engine: str, partitions: int = 4, batch_size: int = 500
+    kafka_bootstrap: str,
+    tmp_path: Path,
+    engine: str,
+    partitions: int = 4,
+    batch_size: int = 500,
+    max_record_bytes: int = 2000,
+    output_max_message_bytes: int | None = None,
 ) -> Stage:
-    """A fresh pipeline (own topics and group) on ``kafka_bootstrap``, its topics created."""
+    """A fresh pipeline (own topics and group) on ``kafka_bootstrap``, its topics created;
+    the canonical and DLQ topics with ``output_max_message_bytes`` if given."""
     from hosepipe.topics import ensure_topics
 
     suffix = uuid.uuid4().hex[:10]
     source = "clicks"
     tree = pipeline_yaml(source, f"t{suffix}", f"g{suffix}", partitions=partitions)
     tree["streams"]["batch_size"] = batch_size
+    tree["sources"][source]["max_record_bytes"] = max_record_bytes
     config_file = tmp_path / "hosepipe.yaml"
     config_file.write_text(yaml.safe_dump(tree), encoding="utf-8")
     settings = Settings(
@@ -306,6 +314,19 @@ def make_stage(
         metrics_port=0,
     )
     pipeline = parse_pipeline(config_file.read_text(), str(config_file))
+    if output_max_message_bytes is not None:
+        from confluent_kafka.admin import NewTopic
+
+        from hosepipe.kafka import make_admin
+
+        config = {"max.message.bytes": str(output_max_message_bytes)}
+        topics = [pipeline.topics.canonical, pipeline.topics.dlq]
+        admin = make_admin(settings)  # kept referenced until the futures resolve
+        futures = admin.create_topics(
+            [NewTopic(name, partitions, 1, config=config) for name in topics]
+        )
+        for future in futures.values():
+            future.result(30)
     ensure_topics(settings, pipeline)
     return Stage(settings, pipeline, config_file, source, engine)
 

@@ -1,4 +1,4 @@
-"""The worker's output batches on the embedded broker's S3 storage (kafka engine).
+"""The worker's output batches on the embedded broker's S3 storage (both engines).
 
 Tansu stores every produced message set as one S3 object, so each object costs the S3 server
 several PUTs and GETs: a worker batch should leave as one message set per partition.
@@ -14,7 +14,7 @@ import pytest
 from hosepipe.kafka import MAX_BATCH_BYTES
 from hosepipe.localstack.broker_trim import group_by_partition
 from streams.dedupe import changelog_topic
-from streams.kafka_runner import max_message_bytes
+from streams.output import max_message_bytes
 from tests.conftest import S3Endpoint
 from tests.integration.streams.conftest import event, make_stage
 
@@ -32,10 +32,10 @@ def batch_objects(s3_server: S3Endpoint, bucket: str, topic: str) -> int:
 
 
 def test_a_worker_batch_leaves_as_one_message_set(
-    s3_broker: tuple[str, str], s3_server: S3Endpoint, tmp_path: Path
+    s3_broker: tuple[str, str], s3_server: S3Endpoint, tmp_path: Path, engine: str
 ) -> None:
     bootstrap, bucket = s3_broker
-    stage = make_stage(bootstrap, tmp_path, "kafka", partitions=1, batch_size=RECORDS)
+    stage = make_stage(bootstrap, tmp_path, engine, partitions=1, batch_size=RECORDS)
     pipeline = stage.pipeline
     t = int(time.time() * 1000)
     # ~3 MB of canonical events: three message sets or more under librdkafka's default
@@ -48,11 +48,17 @@ def test_a_worker_batch_leaves_as_one_message_set(
     finally:
         stage.stop_runner(runner)
 
-    assert runner.batch_bytes == MAX_BATCH_BYTES - MAX_BATCH_BYTES // 32  # from the topics
-    assert runner.max_message_bytes == max_message_bytes(pipeline)  # fits the 8 MiB topics
     events = stage.canonical_events()
     assert len(events) == RECORDS
     assert sum(len(str(e["payload"])) for e in events) > 2_500_000  # the batch is ~3 MB
+    if engine == "faust":
+        # faust's changelog (one record per producer batch) says nothing about the worker's
+        # batches; the 3,000 waiting records make one batch, or two when the first poll
+        # returns early. The former producer (linger.ms=5, librdkafka's batch.size) made 3.
+        assert 1 <= batch_objects(s3_server, bucket, stage.canonical) <= 2
+        return
+    assert runner.batch_bytes == MAX_BATCH_BYTES - MAX_BATCH_BYTES // 32  # from the topics
+    assert runner.max_message_bytes == max_message_bytes(pipeline)  # fits the 8 MiB topics
     changelog = changelog_topic(pipeline.streams.consumer_group, stage.raw)
     # One changelog message per worker batch: the 3,000 waiting records make one batch, or
     # two when the first poll returns early.

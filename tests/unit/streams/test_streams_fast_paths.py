@@ -34,8 +34,9 @@ from streams.core import (
     never_seen,
 )
 from streams.dedupe import ID_PREFIX, TIME_PREFIX, PartitionStore, encode_time
-from streams.kafka_runner import _chunks, max_message_bytes
+from streams.kafka_runner import _chunks
 from streams.mapping import hash_event_id, loads_exact, scalar_text
+from streams.output import max_message_bytes
 from streams.paths import compile_removal, delete_path, parse_path
 from streams.timestamps import format_micros
 
