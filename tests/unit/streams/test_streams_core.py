@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hosepipe.config import PipelineConfig
-from streams.core import RawRecord, StreamCore, encode_one_by_one, never_seen
+from streams.core import RawRecord, StreamCore, encode_one_by_one, message_bytes, never_seen
+from streams.output import OutputSize, dead_letter_message, set_aside_too_large
 
 NOW = 1795327200_000000  # 2026-11-22T06:00:00Z
 
@@ -202,3 +203,54 @@ def test_events_avro_rejects_become_dead_letters_and_are_not_remembered() -> Non
     counts = result.counts["clicks"]
     assert (counts.out, counts.dead_lettered) == (2, 1)
     assert counts.balanced
+
+
+def test_events_over_the_limit_become_dead_letters_and_the_counts_follow() -> None:
+    core = StreamCore.from_pipeline(pipeline())
+    batch = records([good(1), good(2, pad="x" * 200), b"{not json", good(3)])
+    result = core.process_batch(batch, never_seen, NOW)
+    values = [o.event["payload"].encode() for o in result.outputs]
+    limit = max(len(v) for v in values) - 1  # only e2's event is over it
+
+    kept = set_aside_too_large(result, values, limit, NOW)
+
+    assert [o.event["event_id"] for o in result.outputs] == ["e1", "e3"]
+    assert kept == [values[0], values[2]]
+    assert [(d.error_class, d.stage) for d in result.dead_letters] == [
+        ("InvalidJson", "decode"),
+        ("EventTooLarge", "encode"),
+    ]
+    assert "'e2'" in result.dead_letters[1].message and str(limit) in result.dead_letters[1].message
+    assert result.dead_letters[1].record is batch[1]  # the raw record, for replay
+    counts = result.counts["clicks"]
+    assert (counts.out, counts.dead_lettered) == (2, 2) and counts.balanced
+
+
+def test_nothing_over_the_limit_changes_nothing() -> None:
+    core = StreamCore.from_pipeline(pipeline())
+    result = core.process_batch(records([good(1), good(2)]), never_seen, NOW)
+    values = [b"a", b"b"]
+    assert set_aside_too_large(result, values, 1_000_000, NOW) == values
+    assert len(result.outputs) == 2 and not result.dead_letters
+
+
+def test_a_dead_letter_is_cut_only_when_over_the_limit() -> None:
+    core = StreamCore.from_pipeline(pipeline())
+    result = core.process_batch(records([b"{not json" + b" " * 5000]), never_seen, NOW)
+    (letter,) = result.dead_letters
+    whole, headers = dead_letter_message(letter, 1_000_000)
+    assert whole == letter.record.value and headers == letter.headers()
+
+    value, headers = dead_letter_message(letter, 6000)
+    assert value is not None and letter.record.value.startswith(value)  # type: ignore[union-attr]
+    assert message_bytes(letter.record.key, value, headers) <= 6000
+    assert dict(headers)["hosepipe.truncated"] == b"true"
+
+
+def test_the_output_producer_takes_the_sizes() -> None:
+    options = OutputSize(batch_bytes=8_000_000, max_message_bytes=3_000_000).producer_options()
+    assert options["batch.size"] == 8_000_000
+    assert options["message.max.bytes"] == 8_000_000  # librdkafka caps message sets by it too
+    assert options["delivery.report.only.error"] is True
+    big = OutputSize(batch_bytes=1_000_000, max_message_bytes=7_000_000).producer_options()
+    assert big["message.max.bytes"] == 7_000_000
