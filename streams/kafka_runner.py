@@ -348,7 +348,9 @@ class KafkaRunner(EngineBase[RunnerOptions]):
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
                     raise
-                letter_value, headers = fit_dead_letter(key, letter.record.value, headers, limit)
+                letter_value, headers = fit_dead_letter(
+                    key, letter.record.value, letter.headers(), limit
+                )
                 self._produce(produce, dlq, key, letter_value, headers)
 
     def _produce(

@@ -93,13 +93,15 @@ def size_output(settings: Settings, pipeline: PipelineConfig, wanted: int) -> Ou
 def set_aside_too_large(
     result: BatchResult, values: Sequence[bytes], limit: int, now: int
 ) -> list[bytes]:
-    """The encoded values of ``result.outputs`` that fit ``limit``; the events that do not
-    are moved from ``result.outputs`` to its dead letters (pure, ``result`` changed)."""
+    """The encoded values of ``result.outputs`` that fit ``limit`` (as :func:`message_bytes`
+    counts, framing included); the events that do not are moved from ``result.outputs`` to
+    its dead letters (pure, ``result`` changed)."""
     too_large: list[tuple[CanonicalOutput, int]] = []
     kept: list[bytes] = []
     for output, value in zip(result.outputs, values, strict=True):
-        # key + value is what librdkafka counts for a headerless message
-        if len(output.event["event_id"].encode()) + len(value) > limit:
+        # With the record framing: the producer's message.max.bytes equals the limit when
+        # the topics report one, and librdkafka refuses a message ~40 bytes under it.
+        if message_bytes(output.event["event_id"].encode(), value, ()) > limit:
             too_large.append((output, len(value)))
         else:
             kept.append(value)

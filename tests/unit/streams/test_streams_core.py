@@ -210,7 +210,7 @@ def test_events_over_the_limit_become_dead_letters_and_the_counts_follow() -> No
     batch = records([good(1), good(2, pad="x" * 200), b"{not json", good(3)])
     result = core.process_batch(batch, never_seen, NOW)
     values = [o.event["payload"].encode() for o in result.outputs]
-    limit = max(len(v) for v in values) - 1  # only e2's event is over it
+    limit = message_bytes(b"e2", values[1], ()) - 1  # only e2's event is over it
 
     kept = set_aside_too_large(result, values, limit, NOW)
 
@@ -254,3 +254,23 @@ def test_the_output_producer_takes_the_sizes() -> None:
     assert options["delivery.report.only.error"] is True
     big = OutputSize(batch_bytes=1_000_000, max_message_bytes=7_000_000).producer_options()
     assert big["message.max.bytes"] == 7_000_000
+
+
+def test_what_the_limit_keeps_librdkafka_accepts() -> None:
+    """When the topics report a limit, message.max.bytes equals it; librdkafka counts the
+    record framing too, so an event kept by the check must still be accepted by produce()."""
+    from confluent_kafka import Producer
+
+    limit = 290_625  # fitting_bytes(300_000): both sizes come from the same topic limit
+    options = OutputSize(batch_bytes=limit, max_message_bytes=limit).producer_options()
+    producer = Producer({"bootstrap.servers": "127.0.0.1:9", **options})  # never connects
+    core = StreamCore.from_pipeline(pipeline())
+    result = core.process_batch(records([good(1), good(2)]), never_seen, NOW)
+    key = b"e1"
+    fitting = b"x" * (limit - message_bytes(key, b"", ()))  # exactly at the limit
+    at_librdkafkas_edge = b"x" * (limit - len(key))  # key + value == limit: refused by it
+    kept = set_aside_too_large(result, [fitting, at_librdkafkas_edge], limit, NOW)
+    assert kept == [fitting]
+    assert [d.error_class for d in result.dead_letters] == ["EventTooLarge"]
+    producer.produce("t", fitting, key)  # raises KafkaException(MSG_SIZE_TOO_LARGE) if not
+    producer.purge()
