@@ -87,13 +87,14 @@ from streams.core import (
 )
 from streams.dedupe import decode_changelog, decode_time, encode_changelog, encode_time
 from streams.faust_credentials import faust_broker_credentials
-from streams.metrics import STATS_TOPIC_CONFIG, StageCounters, stats_topic
+from streams.metrics import StageCounters, stats_topic
 from streams.output import (
     dead_letter_message,
     max_message_bytes,
     set_aside_too_large,
     size_output,
 )
+from streams.stats import ensure_stats_topic
 
 if TYPE_CHECKING:
     from confluent_kafka import Producer
@@ -642,8 +643,6 @@ class FaustEngine(EngineBase[FaustOptions]):
 
     def _raw_partitions(self) -> dict[str, int]:
         """Partition counts of the raw topics; creates the stats topic. Fails if one is missing."""
-        from confluent_kafka.admin import NewTopic
-
         from hosepipe.kafka import make_admin
 
         admin = make_admin(self.settings)
@@ -656,20 +655,9 @@ class FaustEngine(EngineBase[FaustOptions]):
                     f"raw topic {raw!r} does not exist; run `hosepipe topics create` first"
                 )
             counts[raw] = len(info.partitions)
-        stats = stats_topic(self.options.group)
-        if stats not in metadata.topics:
-            new = NewTopic(
-                stats,
-                num_partitions=1,
-                replication_factor=self.pipeline.topics.replication_factor,
-                config=STATS_TOPIC_CONFIG,
-            )
-            for name, future in admin.create_topics([new], operation_timeout=30).items():
-                try:
-                    future.result()
-                except Exception as exc:
-                    if "already exists" not in str(exc).lower() and "EXISTS" not in str(exc):
-                        raise RuntimeError(f"creating topic {name!r}: {exc}") from exc
+        ensure_stats_topic(
+            admin, metadata, self.options.group, self.pipeline.topics.replication_factor
+        )
         return counts
 
     def _open_producer(self) -> None:

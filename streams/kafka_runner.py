@@ -58,7 +58,7 @@ from streams.dedupe import (
     decode_changelog,
     encode_changelog,
 )
-from streams.metrics import STATS_TOPIC_CONFIG, StageCounters, stats_topic
+from streams.metrics import StageCounters, stats_topic
 from streams.output import (
     dead_letter_message,
     dead_letter_too_large,
@@ -66,6 +66,7 @@ from streams.output import (
     set_aside_too_large,
     size_output,
 )
+from streams.stats import ensure_stats_topic
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer, Message, Producer, TopicPartition
@@ -607,16 +608,7 @@ class KafkaRunner(EngineBase[RunnerOptions]):
                         },
                     )
                 )
-        stats = stats_topic(self.options.group)
-        if stats not in metadata.topics:
-            wanted.append(
-                NewTopic(
-                    stats,
-                    num_partitions=1,
-                    replication_factor=replication,
-                    config=STATS_TOPIC_CONFIG,
-                )
-            )
+        ensure_stats_topic(admin, metadata, self.options.group, replication)
         if not wanted:
             return
         for name, future in admin.create_topics(wanted, operation_timeout=30).items():

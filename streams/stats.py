@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from confluent_kafka.admin import AdminClient
+
     from hosepipe.config import PipelineConfig
     from hosepipe.settings import Settings
     from streams.core import SourceCounts
@@ -21,6 +24,66 @@ def read_totals(settings: Settings, group: str) -> dict[str, SourceCounts]:
     except TopicMissingError:  # no worker of the group has run yet
         return {}
     return merge_snapshots(snapshots)
+
+
+log = logging.getLogger(__name__)
+
+
+def ensure_stats_topic(admin: AdminClient, metadata: Any, group: str, replication: int) -> None:
+    """Create ``group``'s stats topic compacted, or make an existing one compacted.
+
+    A stats topic created before 2026-12-05 kept every snapshot (``retention.ms=-1``);
+    ``cleanup.policy=compact`` lets Kafka keep about one per worker instance. A broker that
+    refuses the change (no ``AlterConfigs`` right) only gets a warning: the counts are right
+    either way, the topic just grows.
+    """
+    from confluent_kafka.admin import (
+        AlterConfigOpType,
+        ConfigEntry,
+        ConfigResource,
+        NewTopic,
+    )
+
+    from streams.metrics import STATS_TOPIC_CONFIG, stats_topic
+
+    topic = stats_topic(group)
+    if topic not in metadata.topics:
+        new = NewTopic(
+            topic, num_partitions=1, replication_factor=replication, config=STATS_TOPIC_CONFIG
+        )
+        for future in admin.create_topics([new], operation_timeout=30).values():
+            try:
+                future.result()
+            except Exception as exc:
+                if "already exists" not in str(exc).lower() and "EXISTS" not in str(exc):
+                    raise RuntimeError(f"creating topic {topic!r}: {exc}") from exc
+        return
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    try:
+        (future,) = admin.describe_configs([resource]).values()
+        entry = future.result(timeout=15).get("cleanup.policy")
+        if entry is not None and entry.value == "compact":
+            return
+        compact = ConfigResource(
+            ConfigResource.Type.TOPIC,
+            topic,
+            incremental_configs=[
+                ConfigEntry(
+                    "cleanup.policy", "compact", incremental_operation=AlterConfigOpType.SET
+                )
+            ],
+        )
+        (future,) = admin.incremental_alter_configs([compact]).values()
+        future.result(timeout=15)
+        log.info("stats topic %s is compacted from now on", topic, extra={"topic": topic})
+    except Exception as exc:
+        log.warning(
+            "stats topic %s keeps its cleanup policy (%s); it grows until it is compacted "
+            "(kafka-configs --alter --add-config cleanup.policy=compact)",
+            topic,
+            exc,
+            extra={"topic": topic},
+        )
 
 
 def consumer_lag(settings: Settings, pipeline: PipelineConfig) -> dict[str, int | None]:
