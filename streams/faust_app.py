@@ -656,7 +656,7 @@ class FaustEngine(EngineBase[FaustOptions]):
                 )
             counts[raw] = len(info.partitions)
         ensure_stats_topic(
-            admin, metadata, self.options.group, self.pipeline.topics.replication_factor
+            self.settings, self.options.group, self.pipeline.topics.replication_factor
         )
         return counts
 

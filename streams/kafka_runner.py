@@ -608,7 +608,7 @@ class KafkaRunner(EngineBase[RunnerOptions]):
                         },
                     )
                 )
-        ensure_stats_topic(admin, metadata, self.options.group, replication)
+        ensure_stats_topic(self.settings, self.options.group, replication)
         if not wanted:
             return
         for name, future in admin.create_topics(wanted, operation_timeout=30).items():

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from confluent_kafka.admin import AdminClient
-
     from hosepipe.config import PipelineConfig
     from hosepipe.settings import Settings
     from streams.core import SourceCounts
@@ -29,7 +27,7 @@ def read_totals(settings: Settings, group: str) -> dict[str, SourceCounts]:
 log = logging.getLogger(__name__)
 
 
-def ensure_stats_topic(admin: AdminClient, metadata: Any, group: str, replication: int) -> None:
+def ensure_stats_topic(settings: Settings, group: str, replication: int) -> None:
     """Create ``group``'s stats topic compacted, or make an existing one compacted.
 
     A stats topic created before 2026-12-05 kept every snapshot (``retention.ms=-1``);
@@ -37,27 +35,15 @@ def ensure_stats_topic(admin: AdminClient, metadata: Any, group: str, replicatio
     refuses the change (no ``AlterConfigs`` right) only gets a warning: the counts are right
     either way, the topic just grows.
     """
-    from confluent_kafka.admin import (
-        AlterConfigOpType,
-        ConfigEntry,
-        ConfigResource,
-        NewTopic,
-    )
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
+    from hosepipe.kafka import ensure_single_partition_topic, make_admin
     from streams.metrics import STATS_TOPIC_CONFIG, stats_topic
 
     topic = stats_topic(group)
-    if topic not in metadata.topics:
-        new = NewTopic(
-            topic, num_partitions=1, replication_factor=replication, config=STATS_TOPIC_CONFIG
-        )
-        for future in admin.create_topics([new], operation_timeout=30).values():
-            try:
-                future.result()
-            except Exception as exc:
-                if "already exists" not in str(exc).lower() and "EXISTS" not in str(exc):
-                    raise RuntimeError(f"creating topic {topic!r}: {exc}") from exc
+    if ensure_single_partition_topic(settings, topic, STATS_TOPIC_CONFIG, replication):
         return
+    admin = make_admin(settings)
     resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
     try:
         (future,) = admin.describe_configs([resource]).values()

@@ -7,10 +7,15 @@ import uuid
 
 import pytest
 
+from hosepipe.settings import Settings
 from streams.metrics import stats_topic
 from streams.stats import ensure_stats_topic
 
 pytestmark = pytest.mark.integration
+
+
+def settings(bootstrap: str) -> Settings:
+    return Settings(_env_file=None, kafka_bootstrap=bootstrap)  # type: ignore[call-arg]
 
 
 def topic_configs(admin: object, topic: str) -> dict[str, str]:
@@ -27,7 +32,7 @@ def test_a_missing_stats_topic_is_created_compacted(kafka_bootstrap: str) -> Non
 
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     group = f"g{uuid.uuid4().hex[:8]}"
-    ensure_stats_topic(admin, admin.list_topics(timeout=15), group, 1)
+    ensure_stats_topic(settings(kafka_bootstrap), group, 1)
     assert topic_configs(admin, stats_topic(group))["cleanup.policy"] == "compact"
 
 
@@ -42,7 +47,7 @@ def test_an_old_stats_topic_is_turned_compacted(kafka_bootstrap: str) -> None:
         future.result(15)
     assert topic_configs(admin, topic).get("cleanup.policy") != "compact"
 
-    ensure_stats_topic(admin, admin.list_topics(timeout=15), group, 1)
+    ensure_stats_topic(settings(kafka_bootstrap), group, 1)
     assert topic_configs(admin, topic)["cleanup.policy"] == "compact"
-    ensure_stats_topic(admin, admin.list_topics(timeout=15), group, 1)  # already: no change
+    ensure_stats_topic(settings(kafka_bootstrap), group, 1)  # already: no change
     assert topic_configs(admin, topic)["cleanup.policy"] == "compact"
