@@ -20,11 +20,12 @@ Phases, each printed:
 2. **warm-up**: 100 events, until they are queryable (group joins, first flush);
 3. **throughput**: N demo events (clickstream + orders, 5 % duplicates, 1 % malformed, 2 %
    late, from :mod:`hosepipe.demo`) produced into the raw topics as fast as the producer
-   goes; sustained events/s = valid unique events / (first produce -> last one in
-   ``events``); progress is followed through the selector's ``NOTIFY hosepipe_events``
-   (rows written per committed load), and ``count(*)`` must equal what was sent. Per
-   stage, the time each consumer group's committed offsets (worker on raw, sink on
-   canonical) reached their final value;
+   goes, keyed by event id like hosepipe's ingest keys them (``--unkeyed``: no keys);
+   sustained events/s = valid unique events / (first produce -> last one in ``events``);
+   progress is followed through the selector's ``NOTIFY hosepipe_events`` (rows written per
+   committed load), and ``count(*)`` must equal what was sent; the lake's rows and distinct
+   event ids are counted after it. Per stage, the time each consumer group's committed
+   offsets (worker on raw, sink on canonical) reached their final value;
 3b. **sustained** (``--sustain EVENTS_PER_S``): the demo mix paced at that many valid unique
    events/s for ``--sustain-seconds``; the backlog (valid events sent minus rows in
    ``events``, in seconds of input) is sampled every second, and the phase is met when
@@ -68,6 +69,8 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
     "sink": ("sink",),
     "select": ("select", "--follow", "--no-progress"),
 }
+# The benchmark's own process in the CPU table: the producer of the workload, its probes.
+BENCH_PROCESS = "bench (producer, probes)"
 CEILING_TOPIC = "bench.ceiling"
 S3_KEY, S3_SECRET = "bench", "bench-secret-key"
 BROKER_BUCKET = "tansu"
@@ -87,9 +90,17 @@ class Workload:
     late: int
 
 
-def demo_workload(pipeline: Any, n: int, seed: int, late: float | None = None) -> Workload:
+def demo_workload(
+    pipeline: Any, n: int, seed: int, late: float | None = None, keyed: bool = True
+) -> Workload:
     """``n`` records, half clickstream, half orders, with the demo's imperfections
-    (``late``: the share of events 2-30 h late instead of the demo's)."""
+    (``late``: the share of events 2-30 h late instead of the demo's).
+
+    Keyed by event id as hosepipe's ingest keys them and as docs/connectors.md asks of every
+    raw producer; ``keyed=False`` sends them without keys (copies of an event then scatter
+    over the partitions and some pass the worker's per-partition dedupe).
+    """
+    from connectors.records import key_of_bytes, record_key, unkeyed
     from hosepipe.demo import (
         DemoCounts,
         DemoMix,
@@ -101,15 +112,19 @@ def demo_workload(pipeline: Any, n: int, seed: int, late: float | None = None) -
     mix, counts = DemoMix(rng=random.Random(seed)), DemoCounts()
     if late is not None:
         mix.late = late
-    clicks, orders = pipeline.raw_topic("clickstream"), pipeline.raw_topic("orders")
     records: list[tuple[str, bytes | None, bytes]] = []
+    sources = [
+        (pipeline.raw_topic(name), record_key(name, pipeline.sources[name]) if keyed else unkeyed)
+        for name in ("clickstream", "orders")
+    ]
+    (clicks, click_key), (orders, order_key) = sources
     batch = 1000
     while len(records) < n:
         size = min(batch, n - len(records))
         for value in with_imperfections(clickstream_event, mix, counts, (size + 1) // 2):
-            records.append((clicks, None, value))
+            records.append((clicks, key_of_bytes(value, click_key), value))
         for value in with_imperfections(order_event, mix, counts, size // 2):
-            records.append((orders, None, value))
+            records.append((orders, key_of_bytes(value, order_key), value))
     return Workload(records, counts.sent, counts.duplicates, counts.malformed, counts.late)
 
 
@@ -135,9 +150,11 @@ class Resources:
 
     def sample(self) -> dict[str, float]:
         for name, pid in self.pids.items():
+            own = pid == os.getpid()
             try:
                 root = psutil.Process(pid)
-                tree = [root, *root.children(recursive=True)]
+                # The benchmark's own process is every other's parent: it counts alone.
+                tree = [root] if own else [root, *root.children(recursive=True)]
             except psutil.Error:
                 continue
             rss, cpu = 0, 0.0
@@ -145,8 +162,10 @@ class Resources:
                 try:
                     rss += proc.memory_info().rss
                     times = proc.cpu_times()
-                    # children_*: descendants that exited, e.g. PostgreSQL's autovacuum workers
-                    cpu += times.user + times.system + times.children_user + times.children_system
+                    cpu += times.user + times.system
+                    if not own:
+                        # descendants that exited, e.g. PostgreSQL's autovacuum workers
+                        cpu += times.children_user + times.children_system
                 except psutil.Error:
                     pass
             self.peak_rss[name] = max(self.peak_rss.get(name, 0), rss)
@@ -156,6 +175,35 @@ class Resources:
     def run(self) -> None:
         while not self.stop.wait(0.5):
             self.sample()
+
+
+def cpu_use_line(label: str, cpu: dict[str, float], seconds: float, cores: int, events: int) -> str:
+    """How much of the machine a phase used: every measured process's CPU seconds against
+    the core-seconds the phase had, and per million valid events. A phase that used (nearly)
+    all of it was bound by the machine's CPU, not by waiting."""
+    used = sum(cpu.values())
+    available = seconds * cores
+    share = used / available if available > 0 else float("nan")
+    per_million = used / events * 1e6 if events else float("nan")
+    return (
+        f"{label} phase: {used:.1f} CPU s of the {available:.1f} core-seconds it had "
+        f"({share:.0%} of {cores} cores); {per_million:.1f} CPU s per million valid events"
+    )
+
+
+def lake_event_ids(stack: Stack) -> tuple[int, int]:
+    """Rows in the lake and distinct event ids among them (all the run's events so far).
+
+    PostgreSQL keeps each event_id once whatever it is sent, so only the lake shows a
+    duplicate that passed the worker (e.g. copies of an event in two raw partitions).
+    """
+    import pyarrow.compute as pc
+
+    from hosepipe.lake import lake_dataset
+
+    dataset = lake_dataset(stack.settings, keys=stack.pipeline.sink.partition_keys)
+    ids = dataset.to_table(columns=["event_id"]).column("event_id")
+    return len(ids), int(pc.count_distinct(ids).as_py())
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -539,6 +587,7 @@ def phase_throughput(stack: Stack, load: Workload, resources: Resources) -> dict
     total = time.perf_counter() - began
     rows_loaded = rows - base
     distinct = conn.execute("select count(distinct event_id) from events").fetchone()[0]
+    lake_rows, lake_ids = lake_event_ids(stack)
     # The selector's backend went idle after its last commit: it reports that load's I/O and
     # WAL statistics only at its next flush, up to PGSTAT_IDLE_INTERVAL (10 s) later.
     time.sleep(PGSTAT_IDLE_INTERVAL_S + 0.5)
@@ -570,9 +619,12 @@ def phase_throughput(stack: Stack, load: Workload, resources: Resources) -> dict
         "total_s": total if rows >= target else float("nan"),
         "rows": rows_loaded,
         "distinct_all": distinct,
+        "lake_rows": lake_rows,
+        "lake_ids": lake_ids,
         "pg_work": pg,
         "lost": load.expected - rows_loaded,
         "cpu": {k: cpu_after.get(k, 0.0) - cpu_before.get(k, 0.0) for k in cpu_after},
+        "cpu_window_s": total,
     }
 
 
@@ -655,6 +707,7 @@ def phase_sustained(
         "drain_s": done_s - sending_s if rows >= target else float("nan"),
         "lost": target - rows,
         "cpu": {k: cpu_after.get(k, 0.0) - cpu_before.get(k, 0.0) for k in cpu_after},
+        "cpu_window_s": done_s,
     }
 
 
@@ -877,6 +930,10 @@ def report(
         f"rows loaded {thr['rows']:,} of {expected:,} expected (lost {thr['lost']:,}); "
         f"events table count(distinct event_id) = {thr['distinct_all']:,}"
     )
+    print(
+        f"lake: {thr['lake_rows']:,} rows, {thr['lake_ids']:,} distinct event ids "
+        f"({thr['lake_rows'] - thr['lake_ids']:,} duplicates)"
+    )
     print(thr["pg_work"])
     print(
         "peer (stream stage, not run here): see docs/benchmarks.md '## Streams' and "
@@ -912,6 +969,15 @@ def report(
             f"| {name} | {thr['cpu'].get(name, 0):.1f} | {during} | {res.cpu.get(name, 0):.1f} | "
             f"{res.peak_rss.get(name, 0) / 2**20:.0f} |"
         )
+    phases = [("throughput", thr)] + ([("sustained", sus)] if sus else [])
+    print(
+        f"| all | {sum(thr['cpu'].values()):.1f} | "
+        + (f"{sum(sus['cpu'].values()):.1f}" if sus else "-")
+        + f" | {sum(res.cpu.values()):.1f} | - |"
+    )
+    cores = os.cpu_count() or 1
+    for label, phase in phases:
+        print(cpu_use_line(label, phase["cpu"], phase["cpu_window_s"], cores, phase["expected"]))
     ok_rate = expected / thr["total_s"] >= 20_000 if thr["total_s"] == thr["total_s"] else False
     print(
         f"\ntargets: >= 20,000 events/s raw -> PostgreSQL with nothing lost: "
@@ -958,6 +1024,11 @@ def main() -> None:
     parser.add_argument("--sample-every", type=int, default=10, help="latency sample: every k-th")
     parser.add_argument("--config", type=Path, default=REPO / "hosepipe.yaml")
     parser.add_argument("--broker-storage", choices=("s3", "memory"), default="s3")
+    parser.add_argument(
+        "--unkeyed",
+        action="store_true",
+        help="produce the raw records without keys (default: keyed by event id, as ingest does)",
+    )
     parser.add_argument("--sink-max-age", help="override sink.max_age of --config, e.g. 2s")
     parser.add_argument("--follow-interval", help="override selection.follow_interval, e.g. 1s")
     parser.add_argument(
@@ -1010,7 +1081,9 @@ def main() -> None:
     sampler = threading.Thread(target=resources.run, daemon=True)
     try:
         print(f"generating {args.events:,} demo records ...", flush=True)
-        load = demo_workload(stack.pipeline, args.events, args.seed, args.late_share)
+        load = demo_workload(
+            stack.pipeline, args.events, args.seed, args.late_share, not args.unkeyed
+        )
         ceiling = [(CEILING_TOPIC, k, v) for _, k, v in load.records]
         produce_rate = len(ceiling) / produce_all(stack.settings, ceiling)
         consume_rate = len(ceiling) / consume_all(stack.settings, CEILING_TOPIC, len(ceiling))
@@ -1026,6 +1099,7 @@ def main() -> None:
         resources.pids = {
             **{name: p.pid for name, p in stack.children.items()},
             **{name: s.server.pid for name, s in stack.servers.items()},
+            BENCH_PROCESS: os.getpid(),
         }
         sampler.start()
         stack.start_broker_trim()
@@ -1036,11 +1110,15 @@ def main() -> None:
         sus = None
         if args.sustain > 0:
             # raw records per valid unique event in the mix, from a sample of it
-            sample = demo_workload(stack.pipeline, 100_000, args.seed + 3, args.late_share)
+            sample = demo_workload(
+                stack.pipeline, 100_000, args.seed + 3, args.late_share, not args.unkeyed
+            )
             raw_per_valid = len(sample.records) / sample.expected
             records = int(args.sustain * args.sustain_seconds * raw_per_valid)
             print(f"generating {records:,} records for the sustained phase ...", flush=True)
-            sustained = demo_workload(stack.pipeline, records, args.seed + 3, args.late_share)
+            sustained = demo_workload(
+                stack.pipeline, records, args.seed + 3, args.late_share, not args.unkeyed
+            )
             sus = phase_sustained(stack, sustained, args.sustain_seconds, resources)
             del sustained
             print(f"sustained phase done; drain {sus['drain_s']:.1f} s", flush=True)

@@ -28,6 +28,7 @@ from connectors.delivery import DeliveryProducer
 from connectors.pull.emitter import Emitter
 from connectors.pull.files import FileLocations, FileRef, load_file, local_path
 from connectors.pull.formats import FormatError
+from connectors.records import record_key
 from hosepipe.config import PipelineConfig
 from hosepipe.settings import Settings
 from hosepipe.topics import ensure_topics
@@ -99,7 +100,9 @@ async def bulk_load(
         cursors = await asyncio.to_thread(
             CursorStore.open, settings, producer, cursor_topic or pipeline.topics.cursors
         )
-        emitter = Emitter(producer, pipeline.raw_topic(source), source, config.key_path, "bulk")
+        emitter = Emitter(
+            producer, pipeline.raw_topic(source), source, record_key(source, config), "bulk"
+        )
         progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),

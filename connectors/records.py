@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from hosepipe.config import SourceConfig
 
 _SEGMENT = re.compile(r"\.([A-Za-z0-9_@-]+)|\[(\d+)\]")
 
@@ -85,19 +88,66 @@ def key_of(document: Any, key_path: str | None) -> bytes | None:
     return str(value).encode()
 
 
-def key_of_bytes(data: bytes, key_path: str | None) -> bytes | None:
+RecordKey = Callable[[Any], bytes | None]
+"""A parsed raw record's Kafka key (``None``: unkeyed), see :func:`record_key`."""
+
+
+def unkeyed(document: Any) -> None:
+    """The :data:`RecordKey` of a source whose records cannot be keyed by their id."""
+    return None
+
+
+def key_at(key_path: str) -> RecordKey:
+    """The :data:`RecordKey` that reads the value at ``key_path`` (see :func:`key_of`)."""
+    compile_path(key_path)  # a malformed path fails here, not per record
+    return functools.partial(key_of, key_path=key_path)
+
+
+def record_key(source: str, config: SourceConfig) -> RecordKey:
+    """How ingest and pollers key ``source``'s raw records.
+
+    The worker drops duplicates per raw partition, so every copy of an event must land in
+    the same one (docs/streams.md, co-partitioning). ``key_path`` names the id when it is
+    set. Otherwise a JSON source without a ``transform`` is keyed by the very ``event_id``
+    its mapping gives the record (a field, or the hash of fields), so equal events get equal
+    keys; a record without an id stays unkeyed (the worker dead-letters it). A ``transform``
+    may change the fields the id is made of, and an Avro record is not parsed here: such a
+    source is keyed only by its ``key_path``.
+    """
+    if config.key_path is not None:
+        return key_at(config.key_path)
+    if config.format != "json" or config.transform is not None:
+        return unkeyed
+    from streams.errors import RecordError
+    from streams.mapping import compile_event_id
+
+    event_id = compile_event_id(source, config.mapping)
+
+    def by_event_id(document: Any) -> bytes | None:
+        if not isinstance(document, dict):
+            return None
+        try:
+            value = event_id(document)
+        except RecordError:
+            return None
+        return None if value is None else value.encode()
+
+    return by_event_id
+
+
+def key_of_bytes(data: bytes, key: RecordKey) -> bytes | None:
     """Kafka key for an opaque record (Firehose ``Data``): parsed as JSON when it is JSON."""
-    if key_path is None:
+    if key is unkeyed:
         return None
     try:
         document = orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
-    return key_of(document, key_path)
+    return key(document)
 
 
 def split_body(
-    body: bytes, content_type: str | None, key_path: str | None = None
+    body: bytes, content_type: str | None, key: RecordKey = unkeyed
 ) -> list[RawRecord | Rejected]:
     """Split a plain-endpoint body into per-record JSON texts.
 
@@ -117,12 +167,12 @@ def split_body(
         if not isinstance(parsed, list):
             raise BodyError("a JSON body must be an array of records")
         return [
-            RawRecord(orjson.dumps(item), key_of(item, key_path))
+            RawRecord(orjson.dumps(item), key(item))
             if isinstance(item, dict)
             else Rejected("InvalidRecord", f"record {i} is not a JSON object")
             for i, item in enumerate(parsed)
         ]
-    return [_checked_line(line, i, key_path) for i, line in enumerate(_lines(body))]
+    return [_checked_line(line, i, key) for i, line in enumerate(_lines(body))]
 
 
 def _lines(body: bytes) -> Iterator[bytes]:
@@ -132,14 +182,14 @@ def _lines(body: bytes) -> Iterator[bytes]:
             yield line
 
 
-def _checked_line(line: bytes, index: int, key_path: str | None) -> RawRecord | Rejected:
+def _checked_line(line: bytes, index: int, key: RecordKey) -> RawRecord | Rejected:
     try:
         parsed = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
         return Rejected("InvalidRecord", f"line {index + 1} is not valid JSON: {exc}")
     if not isinstance(parsed, dict):
         return Rejected("InvalidRecord", f"line {index + 1} is not a JSON object")
-    return RawRecord(line, key_of(parsed, key_path))
+    return RawRecord(line, key(parsed))
 
 
 def apply_record_limit(
@@ -155,11 +205,6 @@ def apply_record_limit(
         else r
         for i, r in enumerate(records)
     ]
-
-
-def keyed(data: bytes, key_path: str | None) -> RawRecord:
-    """A record's bytes with the key taken from ``key_path`` when configured."""
-    return RawRecord(value=data, key=key_of_bytes(data, key_path))
 
 
 def source_allowed(allowed: Iterable[str], source: str) -> bool:

@@ -310,7 +310,9 @@ class SourceConfig(Strict):
         None,
         description=(
             "Where the raw record's id is, used as the Kafka key by ingest and pollers so "
-            "raw topics are partitioned by event id."
+            "every copy of an event lands in one raw partition (dedupe is per partition). "
+            "Unset: they key a JSON source without a transform by the event id its mapping "
+            "gives the record; other sources stay unkeyed."
         ),
     )
     max_record_bytes: int = Field(1_024_000, ge=1, description="Larger records are dead-lettered.")

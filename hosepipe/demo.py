@@ -4,8 +4,9 @@ It feeds the example pipeline the three ways real producers do, with the imperfe
 data has:
 
 - **clickstream**: NDJSON batches to the HTTP endpoint, epoch-millisecond times;
-- **orders**: a Kafka producer straight into ``raw.orders``, every tenth batch through an
-  unmodified boto3 ``firehose`` client against the ingest service instead;
+- **orders**: a Kafka producer straight into ``raw.orders``, keyed by event id as a raw
+  producer must be, every tenth batch through an unmodified boto3 ``firehose`` client
+  against the ingest service instead;
 - **inventory**: a small stock-level HTTP API on loopback that the poller pulls (cursor
   pagination, ``updated_since``), times without offset in Europe/Berlin.
 
@@ -241,9 +242,12 @@ def run_demo(
     """Send demo traffic at about ``rate`` records/s until ``stop`` is set or ``duration`` ends."""
     import httpx
 
+    from connectors.records import key_of_bytes, record_key
     from hosepipe.kafka import make_producer
 
     stop = stop or threading.Event()
+    # Keyed by event id like every raw producer should be (docs/streams.md, co-partitioning).
+    order_key = record_key("orders", pipeline.sources["orders"])
     mix, counts = DemoMix(), DemoCounts()
     inventory = InventoryApi()
     inventory.tick(40)
@@ -278,7 +282,8 @@ def run_demo(
                         log.warning("firehose put failed: %s", exc)
                     orders = [o for o in orders if not _is_json(o)]
                 for record in orders:
-                    producer.produce(pipeline.raw_topic("orders"), record)
+                    key = key_of_bytes(record, order_key)
+                    producer.produce(pipeline.raw_topic("orders"), record, key)
                 producer.poll(0)
                 if tick % 8 == 0:
                     inventory.tick(mix.rng.randint(1, 6))

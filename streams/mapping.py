@@ -134,6 +134,14 @@ def _id_getter(spec: FieldPath | HashOf, source: str) -> Callable[[dict[str, Any
     return hashed
 
 
+def compile_event_id(source: str, mapping: MappingConfig) -> Callable[[dict[str, Any]], str | None]:
+    """The ``event_id`` the mapping gives a raw record (no transform applied); raises a
+    :class:`~streams.errors.RecordError` when the record has none. Ingest keys raw records by
+    it, so that every copy of an event lands in the raw partition whose dedupe state knows it.
+    """
+    return _id_getter(mapping.event_id, source)
+
+
 def _mapped_steps(mapping: MappingConfig) -> list[tuple[Step, ...]]:
     specs: list[Any] = [mapping.event_id, mapping.occurred_at, mapping.event_type, mapping.subject]
     return [parse_path(spec.path) for spec in specs if getattr(spec, "path", None)]

@@ -31,9 +31,11 @@ from connectors.metrics import BYTES, PRODUCE_SECONDS, RECORDS, REJECTS, REQUEST
 from connectors.records import (
     BodyError,
     RawRecord,
+    RecordKey,
     Rejected,
     apply_record_limit,
     key_of_bytes,
+    record_key,
     source_allowed,
     split_body,
 )
@@ -97,6 +99,11 @@ class IngestService:
     def __post_init__(self) -> None:
         self.producer: DeliveryProducer | None = None
         self.started_at = time.time()
+        # Compiled once: each push source's record keys (its id), see record_key.
+        self.record_keys: dict[str, RecordKey] = {
+            name: record_key(name, self.pipeline.sources[name])
+            for name in self.pipeline.push_sources()
+        }
         ingest = self.pipeline.ingest
         self.api_keys = {k.key: k for k in ingest.api_keys}
         self.firehose_secrets = {k.access_key_id: k.secret_access_key for k in ingest.firehose_keys}
@@ -172,7 +179,7 @@ class IngestService:
         except TooLarge as exc:
             return _error(413, "RequestTooLarge", str(exc))
         try:
-            items = split_body(body, request.headers.get("content-type"), config.key_path)
+            items = split_body(body, request.headers.get("content-type"), self.record_keys[source])
         except BodyError as exc:
             return _error(400, "InvalidBody", str(exc))
         if len(items) > limits.max_records_per_request:
@@ -294,7 +301,8 @@ class IngestService:
         )
         if self.saturated():
             raise firehose.FirehoseError("ServiceUnavailableException", "Slow down.", 503)
-        records = [RawRecord(data, key_of_bytes(data, config.key_path)) for data in put.records]
+        key = self.record_keys[stream]
+        records = [RawRecord(data, key_of_bytes(data, key)) for data in put.records]
         results = await self.deliver(stream, "firehose", records)
         if operation == "PutRecord":
             outcome = results[0]

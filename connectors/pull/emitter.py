@@ -12,7 +12,7 @@ import orjson
 
 from connectors.delivery import Delivered, DeliveryProducer, Throttled
 from connectors.metrics import BYTES, PRODUCE_SECONDS, RECORDS
-from connectors.records import RawRecord, key_of
+from connectors.records import RawRecord, RecordKey, key_of_bytes
 
 log = logging.getLogger(__name__)
 
@@ -29,20 +29,18 @@ class Emitter:
         producer: DeliveryProducer,
         topic: str,
         source: str,
-        key_path: str | None,
+        key: RecordKey,
         connector: str,
     ) -> None:
         self.producer = producer
         self.topic = topic
         self.source = source
-        self.key_path = key_path
+        self.key = key
         self.connector = connector
         self.headers = [("hosepipe.via", connector.encode())]
 
     def encode(self, records: Sequence[dict[str, Any]]) -> list[RawRecord]:
-        return [
-            RawRecord(orjson.dumps(r, default=_jsonable), key_of(r, self.key_path)) for r in records
-        ]
+        return encode_records(records, self.key)
 
     async def emit(self, records: Sequence[dict[str, Any]]) -> None:
         """Return once every record is acknowledged; raise :class:`DeliveryError` otherwise."""
@@ -70,6 +68,14 @@ class Emitter:
             if pending:
                 await asyncio.sleep(0.05)  # the local queue is full: let it drain
         PRODUCE_SECONDS.labels(self.connector).observe(time.perf_counter() - started)
+
+
+def encode_records(records: Sequence[dict[str, Any]], key: RecordKey) -> list[RawRecord]:
+    """Pulled records as raw records: JSON, keyed from that JSON (the text the worker
+    reads), so a SQL value in an id field (UUID, Decimal, datetime) keys the record by the
+    very event id the worker computes."""
+    values = [orjson.dumps(r, default=_jsonable) for r in records]
+    return [RawRecord(value, key_of_bytes(value, key)) for value in values]
 
 
 def _jsonable(value: Any) -> Any:

@@ -17,6 +17,7 @@ from connectors.pull.files import FileLocations
 from connectors.pull.files_poller import FilesPoller
 from connectors.pull.http_poller import HttpPoller
 from connectors.pull.sql_poller import SqlPoller
+from connectors.records import record_key
 from hosepipe.config import FilesPull, HttpPull, PipelineConfig, SqlPull
 from hosepipe.observability import serve_metrics
 from hosepipe.settings import Settings
@@ -102,7 +103,9 @@ def build_pollers(
     pollers: list[Poller] = []
     for name in wanted:
         config = sources[name]
-        emitter = Emitter(producer, pipeline.raw_topic(name), name, config.key_path, "poll")
+        emitter = Emitter(
+            producer, pipeline.raw_topic(name), name, record_key(name, config), "poll"
+        )
         spec = config.pull
         if isinstance(spec, HttpPull):
             pollers.append(HttpPoller(name, spec, emitter, cursors))

@@ -11,7 +11,14 @@ import time
 
 import pytest
 
-from connectors.records import BodyError, RawRecord, Rejected, apply_record_limit, split_body
+from connectors.records import (
+    BodyError,
+    RawRecord,
+    Rejected,
+    apply_record_limit,
+    key_at,
+    split_body,
+)
 from hosepipe.avro import AvroEncoder, make_decoder, single_object_header
 from hosepipe.settings import Settings
 from schemas import CANONICAL_EVENT, load_schema
@@ -93,11 +100,11 @@ def test_ingest_splitter(case: Case) -> None:
         pytest.skip("decided by the HTTP handler (see test_badinput_servers)")
     if status == "400":
         with pytest.raises(BodyError):
-            split_body(case.value(), content_type, "$.id")
+            split_body(case.value(), content_type, key_at("$.id"))
         return
     good = dumps(record(id="the-good-one"))
     items = apply_record_limit(
-        split_body(case.value() + b"\n" + good, content_type, "$.id"), 1_024_000
+        split_body(case.value() + b"\n" + good, content_type, key_at("$.id")), 1_024_000
     )
     assert len(items) == 2
     assert items[1] == RawRecord(good, b"the-good-one")

@@ -16,6 +16,7 @@ from connectors.delivery import DeliveryProducer, producer_config
 from connectors.http.app import build_app
 from hosepipe.config import PipelineConfig
 from hosepipe.settings import Settings
+from hosepipe.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +69,59 @@ def test_ndjson_with_a_bad_line_reports_it_and_keeps_the_rest(
     assert result["results"][1]["error"] == "InvalidRecord"
     messages = kit.read_topic(settings.kafka_bootstrap, pipeline.raw_topic("orders"), 2)
     assert sorted(orjson.loads(m.value())["id"] for m in messages) == ["a", "b"]
-    assert all(m.key() is None for m in messages)  # orders has no key_path
+    # orders has no key_path: its records are keyed by the event id of its mapping
+    assert sorted(m.key() for m in messages) == [b"a", b"b"]
+
+
+def test_every_copy_of_an_event_lands_in_one_raw_partition(
+    kit, settings: Settings, unique_name
+) -> None:
+    """A source without key_path and with a hashed event id: the copies of an event sent
+    through the plain endpoint and through Firehose, in separate requests, share the raw
+    partition (the worker's dedupe is per partition) and carry the worker's event id as key."""
+    from streams.mapping import compile_mapping
+
+    mapping = {
+        "event_id": {"hash": ["$.order", "$.status"]},
+        "occurred_at": {"path": "$.ts", "format": "epoch_ms"},
+        "event_type": {"path": "$.status"},
+    }
+    pipeline = kit.make_pipeline(
+        unique_name("hashed"), {"shop": {"kind": "push", "mapping": mapping}}
+    )
+    ensure_topics(settings, pipeline)
+    records = [
+        {"order": f"o-{n}", "status": status, "ts": 1_700_000_000_000 + n}
+        for n in range(30)
+        for status in ("placed", "paid")
+    ]
+    running = kit.start_server(build_app(settings, pipeline))
+    try:
+        for start in range(0, len(records), 7):  # many requests: unkeyed, copies would scatter
+            response = httpx.post(
+                f"{running.url}/v1/sources/shop/records",
+                json=records[start : start + 7],
+                headers=AUTH,
+            )
+            assert response.status_code == 200, response.text
+        client = firehose_client(running.url)
+        for record in records:
+            client.put_record(
+                DeliveryStreamName="shop", Record={"Data": orjson.dumps(record) + b"\n"}
+            )
+    finally:
+        running.stop()
+    messages = kit.read_topic(settings.kafka_bootstrap, pipeline.raw_topic("shop"), 120)
+    assert len(messages) == 2 * len(records)
+    to_canonical = compile_mapping("shop", pipeline.sources["shop"].mapping)
+    partitions: dict[bytes, set[int]] = {}
+    for message in messages:
+        event_id = to_canonical(orjson.loads(message.value()), 0)["event_id"]
+        assert message.key() == event_id.encode()
+        partitions.setdefault(message.key(), set()).add(message.partition())
+    assert len(partitions) == len(records)
+    assert all(len(found) == 1 for found in partitions.values())
+    assert {p for found in partitions.values() for p in found} == {0, 1}  # both were used
 
 
 def test_bad_json_is_400(ingest_url: str) -> None:

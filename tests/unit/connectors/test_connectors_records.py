@@ -12,12 +12,17 @@ from connectors.records import (
     RawRecord,
     Rejected,
     apply_record_limit,
+    key_at,
     key_of,
     key_of_bytes,
     lookup,
+    record_key,
     source_allowed,
     split_body,
+    unkeyed,
 )
+from hosepipe.config import SourceConfig
+from streams.mapping import compile_mapping
 
 json_scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**53), 2**53), st.text(max_size=20)
@@ -41,8 +46,62 @@ def test_keys() -> None:
     assert key_of({"id": 12}, "$.id") == b"12"
     assert key_of({"id": {"x": 1}}, "$.id") is None
     assert key_of({"id": "e1"}, None) is None
-    assert key_of_bytes(b'{"user": {"id": "u"}}\n', "$.user.id") == b"u"
-    assert key_of_bytes(b"\x00binary", "$.id") is None
+    assert key_of_bytes(b'{"user": {"id": "u"}}\n', key_at("$.user.id")) == b"u"
+    assert key_of_bytes(b"\x00binary", key_at("$.id")) is None
+    assert key_of_bytes(b'{"id": "e1"}', unkeyed) is None
+    with pytest.raises(ValueError):
+        key_at("$..id")
+
+
+def source(**fields: object) -> SourceConfig:
+    mapping = {
+        "event_id": {"hash": ["$.order.id", "$.status"]},
+        "occurred_at": "$.at",
+        "event_type": "$.status",
+    }
+    return SourceConfig.model_validate({"kind": "push", "mapping": mapping, **fields})
+
+
+def test_record_key_is_the_key_path_when_set() -> None:
+    key = record_key("orders", source(key_path="$.order.id"))
+    assert key({"order": {"id": "o-1"}, "status": "paid"}) == b"o-1"
+
+
+def test_record_key_is_the_event_id_of_the_mapping_without_key_path() -> None:
+    key = record_key("orders", source())
+    to_canonical = compile_mapping("orders", source().mapping)
+    record = {"order": {"id": "o-1"}, "status": "paid", "at": "2026-12-05T10:00:00Z"}
+    assert key(record) == to_canonical(record, 0)["event_id"].encode()
+    # equal events, equal keys; another event, another key
+    assert key(dict(record)) == key(record)
+    assert key({**record, "status": "shipped"}) != key(record)
+    # no id in the record (the worker dead-letters it), not an object: unkeyed
+    assert key({"order": {"id": "o-1"}}) is None
+    assert key([1, 2]) is None
+    # the key of the plain endpoint and of Firehose's opaque bytes is the same
+    body = orjson.dumps(record)
+    assert split_body(body + b"\n", None, key)[0] == RawRecord(body, key(record))
+    assert key_of_bytes(body, key) == key(record)
+
+
+def test_record_key_of_a_field_id() -> None:
+    plain = SourceConfig.model_validate(
+        {
+            "kind": "push",
+            "mapping": {"event_id": "$.id", "occurred_at": "$.at", "event_type": "$.t"},
+        }
+    )
+    assert record_key("clicks", plain)({"id": 42}) == b"42"
+    assert record_key("clicks", plain)({"id": "e-1"}) == b"e-1"
+    assert record_key("clicks", plain)({"other": 1}) is None
+
+
+def test_sources_keyed_only_by_key_path() -> None:
+    # a transform may change the id's fields; Avro records are not parsed by ingest
+    assert record_key("orders", source(transform="pkg.mod:fn")) is unkeyed
+    assert record_key("orders", source(format="avro", avro_schema="s.avsc")) is unkeyed
+    keyed = record_key("orders", source(transform="pkg.mod:fn", key_path="$.order.id"))
+    assert keyed({"order": {"id": "o-1"}}) == b"o-1"
 
 
 @given(st.lists(records, min_size=1, max_size=20))
@@ -76,3 +135,40 @@ def test_source_allowed() -> None:
     assert source_allowed(["*"], "x")
     assert source_allowed(["a", "x"], "x")
     assert not source_allowed(["a"], "x")
+
+
+def test_pulled_sql_values_are_keyed_by_the_workers_event_id() -> None:
+    """A SQL driver's UUID, Decimal and datetime become JSON text before the worker reads
+    them; the key is made from that text, so it is the event id the worker computes."""
+    import datetime
+    import decimal
+    import uuid
+
+    from connectors.pull.emitter import encode_records
+
+    by_field = SourceConfig.model_validate(
+        {
+            "kind": "push",
+            "mapping": {"event_id": "$.id", "occurred_at": "$.at", "event_type": {"const": "t"}},
+        }
+    )
+    by_hash = SourceConfig.model_validate(
+        {
+            "kind": "push",
+            "mapping": {
+                "event_id": {"hash": ["$.sku", "$.level", "$.at"]},
+                "occurred_at": "$.at",
+                "event_type": {"const": "t"},
+            },
+        }
+    )
+    row = {
+        "id": uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        "sku": "A-1",
+        "level": decimal.Decimal("1.50"),
+        "at": datetime.datetime(2026, 12, 5, 10, 0, tzinfo=datetime.UTC),
+    }
+    for name, config in (("db", by_field), ("stock", by_hash)):
+        [record] = encode_records([row], record_key(name, config))
+        worker_id = compile_mapping(name, config.mapping)(orjson.loads(record.value), 0)
+        assert record.key == worker_id["event_id"].encode()
