@@ -6,6 +6,8 @@ Pure functions only; the HTTP handlers, pollers and the bulk loader call them an
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -13,8 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from streams.mapping import loads_exact
+
 if TYPE_CHECKING:
     from hosepipe.config import SourceConfig
+
+MAX_KEY_BYTES = 256
+"""A longer key is replaced by its SHA-256 (hex): equal ids still make equal keys, and a
+record near the size limit is not pushed over the broker's by its key."""
 
 _SEGMENT = re.compile(r"\.([A-Za-z0-9_@-]+)|\[(\d+)\]")
 
@@ -97,10 +105,21 @@ def unkeyed(document: Any) -> None:
     return None
 
 
+def bounded_key(key: bytes | None) -> bytes | None:
+    """``key``, or its SHA-256 (hex) when it is longer than :data:`MAX_KEY_BYTES`."""
+    if key is None or len(key) <= MAX_KEY_BYTES:
+        return key
+    return hashlib.sha256(key).hexdigest().encode()
+
+
 def key_at(key_path: str) -> RecordKey:
     """The :data:`RecordKey` that reads the value at ``key_path`` (see :func:`key_of`)."""
     compile_path(key_path)  # a malformed path fails here, not per record
-    return functools.partial(key_of, key_path=key_path)
+
+    def at_path(document: Any) -> bytes | None:
+        return bounded_key(key_of(document, key_path))
+
+    return at_path
 
 
 def record_key(source: str, config: SourceConfig) -> RecordKey:
@@ -118,7 +137,6 @@ def record_key(source: str, config: SourceConfig) -> RecordKey:
         return key_at(config.key_path)
     if config.format != "json" or config.transform is not None:
         return unkeyed
-    from streams.errors import RecordError
     from streams.mapping import compile_event_id
 
     event_id = compile_event_id(source, config.mapping)
@@ -128,9 +146,9 @@ def record_key(source: str, config: SourceConfig) -> RecordKey:
             return None
         try:
             value = event_id(document)
-        except RecordError:
+        except Exception:  # no id, or none that can be made: the worker decides
             return None
-        return None if value is None else value.encode()
+        return None if value is None else bounded_key(value.encode())
 
     return by_event_id
 
@@ -140,7 +158,7 @@ def key_of_bytes(data: bytes, key: RecordKey) -> bytes | None:
     if key is unkeyed:
         return None
     try:
-        document = orjson.loads(data)
+        document = loads_exact(data)  # as the worker reads it: integers beyond 64 bits exact
     except orjson.JSONDecodeError:
         return None
     return key(document)
@@ -161,18 +179,34 @@ def split_body(
     media = (content_type or "").split(";")[0].strip().lower()
     if stripped[:1] == b"[" and media != "application/x-ndjson":
         try:
-            parsed = orjson.loads(body)
+            # Exact: orjson alone reads an integer beyond 64 bits as a float, and the
+            # record written back would carry the rounded number (two ids, one event).
+            parsed = loads_exact(body)
         except orjson.JSONDecodeError as exc:
             raise BodyError(f"the body is not valid JSON: {exc}") from exc
         if not isinstance(parsed, list):
             raise BodyError("a JSON body must be an array of records")
-        return [
-            RawRecord(orjson.dumps(item), key(item))
-            if isinstance(item, dict)
-            else Rejected("InvalidRecord", f"record {i} is not a JSON object")
-            for i, item in enumerate(parsed)
-        ]
+        return [_array_item(item, i, key) for i, item in enumerate(parsed)]
     return [_checked_line(line, i, key) for i, line in enumerate(_lines(body))]
+
+
+def _array_item(item: Any, index: int, key: RecordKey) -> RawRecord | Rejected:
+    """One record of a JSON array body, written back as JSON text."""
+    if not isinstance(item, dict):
+        return Rejected("InvalidRecord", f"record {index} is not a JSON object")
+    try:
+        value = orjson.dumps(item)
+    except orjson.JSONEncodeError:
+        # An integer beyond 64 bits, or nesting deeper than orjson writes (255 levels).
+        try:
+            value = json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode()
+        except RecursionError:
+            return Rejected(
+                "InvalidRecord",
+                f"record {index} is nested too deeply to be written back; send it as an "
+                "NDJSON line, which is kept byte for byte",
+            )
+    return RawRecord(value, key(item))
 
 
 def _lines(body: bytes) -> Iterator[bytes]:
@@ -184,7 +218,7 @@ def _lines(body: bytes) -> Iterator[bytes]:
 
 def _checked_line(line: bytes, index: int, key: RecordKey) -> RawRecord | Rejected:
     try:
-        parsed = orjson.loads(line)
+        parsed = loads_exact(line) if key is not unkeyed else orjson.loads(line)
     except orjson.JSONDecodeError as exc:
         return Rejected("InvalidRecord", f"line {index + 1} is not valid JSON: {exc}")
     if not isinstance(parsed, dict):

@@ -42,6 +42,11 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "acks": "all",
     "linger.ms": 100,
     "compression.type": "lz4",
+    # The Java client's partitioner (murmur2 of the key): a raw record keyed by event id lands
+    # where a Java producer (or any client set to murmur2) puts the same key, so the copies
+    # of an event share the raw partition whose dedupe state knows it. librdkafka's own
+    # default (CRC32) would scatter them.
+    "partitioner": "murmur2_random",
 }
 # librdkafka's own ``batch.size``: under the 1,048,588-byte topic limit of a Kafka broker's
 # defaults whatever the compression.

@@ -172,3 +172,63 @@ def test_pulled_sql_values_are_keyed_by_the_workers_event_id() -> None:
         [record] = encode_records([row], record_key(name, config))
         worker_id = compile_mapping(name, config.mapping)(orjson.loads(record.value), 0)
         assert record.key == worker_id["event_id"].encode()
+
+
+BIG = 123456789012345678901234567890
+
+
+def test_integers_beyond_64_bits_stay_exact_in_values_and_keys() -> None:
+    """orjson alone reads such an integer as a float: the JSON-array path wrote the rounded
+    number back (two ids rounding alike became one event), and keys would differ from the
+    worker's event id."""
+    from streams.mapping import loads_exact
+
+    plain = SourceConfig.model_validate(
+        {
+            "kind": "push",
+            "mapping": {"event_id": "$.id", "occurred_at": "$.at", "event_type": "$.t"},
+        }
+    )
+    key = record_key("clicks", plain)
+    to_canonical = compile_mapping("clicks", plain.mapping)
+    line = b'{"id": %d, "at": 1, "t": "x"}' % BIG
+    expected_key = to_canonical(loads_exact(line), 0)["event_id"].encode()
+    assert expected_key == str(BIG).encode()
+    [from_array] = split_body(b"[" + line + b"]", "application/json", key)
+    [from_line] = split_body(line + b"\n", "application/x-ndjson", key)
+    assert isinstance(from_array, RawRecord) and isinstance(from_line, RawRecord)
+    assert loads_exact(from_array.value)["id"] == BIG  # the value keeps every digit
+    assert from_array.key == from_line.key == key_of_bytes(line, key) == expected_key
+    other = split_body(b'[{"id": %d}]' % (BIG + 1), "application/json", key)[0]
+    assert isinstance(other, RawRecord) and other.key != from_array.key
+
+
+def test_a_record_nested_too_deep_to_write_back_is_refused_alone() -> None:
+    deep = b'{"p":' + b"[" * 1000 + b"1" + b"]" * 1000 + b"}"
+    records = split_body(b"[" + deep + b', {"id": "ok"}]', "application/json", key_at("$.id"))
+    assert isinstance(records[0], Rejected) and "nested too deeply" in records[0].reason
+    assert records[1] == RawRecord(b'{"id":"ok"}', b"ok")
+    # 300 levels: more than orjson writes, written back by the standard library
+    medium = b'{"p":' + b"[" * 300 + b"1" + b"]" * 300 + b"}"
+    [kept] = split_body(b"[" + medium + b"]", "application/json")
+    assert isinstance(kept, RawRecord) and orjson.loads(kept.value) == orjson.loads(medium)
+
+
+def test_a_key_that_cannot_be_made_leaves_the_record_unkeyed() -> None:
+    # the hash of a field nested ~1,000 deep cannot be written: no key, no error
+    key = record_key("orders", source())
+    deep: object = 1
+    for _ in range(1000):
+        deep = [deep]
+    assert key({"order": {"id": deep}, "status": "paid"}) is None
+
+
+def test_long_keys_are_hashed() -> None:
+    from connectors.records import MAX_KEY_BYTES
+
+    long_id = "x" * (MAX_KEY_BYTES + 1)
+    key = key_at("$.id")
+    hashed = key({"id": long_id})
+    assert hashed is not None and len(hashed) == 64
+    assert hashed == key({"id": long_id}) != key({"id": long_id + "y"})
+    assert key({"id": "x" * MAX_KEY_BYTES}) == b"x" * MAX_KEY_BYTES
