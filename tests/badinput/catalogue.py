@@ -484,6 +484,34 @@ INGEST_CASES = [
         options=(("content_type", "application/json"),),
     ),
     Case(
+        "ingest_array_record_nested_1000",
+        "ingest",
+        "a JSON-array body with one record nested 1,000 deep (more than can be written back)",
+        "refused alone; the other records of the array to `raw.<source>`",
+        "HTTP 200, `results[i].error: InvalidRecord` (`nested too deeply to be written back; "
+        "send it as an NDJSON line`); before 2026-12-05 the whole request failed with a 500. "
+        "(In a body that also holds a run of 19 or more digits, read exactly by the standard "
+        "library, such nesting fails the body: HTTP 400 `InvalidBody`, "
+        "`nesting too deep for exact integers`.)",
+        "200 InvalidRecord",
+        # no run of 19 digits (record()'s id has one): that body is read by orjson alone
+        lambda: (
+            dumps(record(id="deep-array-record"))[:-1] + b',"p":' + b"[" * 1000 + b"]" * 1000 + b"}"
+        ),
+        options=(("content_type", "application/json"),),
+    ),
+    Case(
+        "ingest_array_id_beyond_64bit",
+        "ingest",
+        "a JSON-array body with a numeric id beyond 64 bits (`123456789012345678901234567890`)",
+        "`raw.<source>` with every digit, keyed by it",
+        "HTTP 200, accepted (before 2026-12-05 the record was written back with the id "
+        "rounded to `1.2345678901234568e+29`)",
+        "200 accepted",
+        lambda: dumps(record())[:-1] + b',"id":123456789012345678901234567890}',
+        options=(("content_type", "application/json"),),
+    ),
+    Case(
         "ingest_empty_body",
         "ingest",
         "an empty body",

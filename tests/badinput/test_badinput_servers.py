@@ -30,7 +30,8 @@ def raw_keys(stack: Stack) -> set[bytes]:
 
 
 def good_line() -> tuple[bytes, bytes]:
-    key = f"good-{uuid.uuid4().hex}"
+    # letters only: a run of 19 digits would send the whole body through the exact reader
+    key = "good-" + uuid.uuid4().hex.translate(str.maketrans("0123456789", "ghijklmnop"))
     return key.encode(), dumps(record(id=key))
 
 
@@ -45,7 +46,12 @@ def test_ingest(case: Case, stack: Stack, ingest_url: str) -> None:
     key, good = good_line()
     url = f"{ingest_url}/v1/sources/{source}/records"
     per_record = status == "200"
-    body = case.value() + b"\n" + good if per_record else case.value()
+    if not per_record:
+        body = case.value()
+    elif content_type == "application/json":
+        body = b"[" + case.value() + b"," + good + b"]"
+    else:
+        body = case.value() + b"\n" + good
     response = httpx.post(url, content=body, headers={"content-type": content_type}, timeout=60)
     assert response.status_code == int(status), response.text[:500]
     answer = response.json()
