@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from streams.mapping import loads_exact
+from streams.mapping import compile_event_id, loads_exact
 
 if TYPE_CHECKING:
     from hosepipe.config import SourceConfig
@@ -137,8 +137,6 @@ def record_key(source: str, config: SourceConfig) -> RecordKey:
         return key_at(config.key_path)
     if config.format != "json" or config.transform is not None:
         return unkeyed
-    from streams.mapping import compile_event_id
-
     event_id = compile_event_id(source, config.mapping)
 
     def by_event_id(document: Any) -> bytes | None:
