@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from streams.mapping import compile_event_id, loads_exact
+from streams.mapping import compile_event_id, json_text, loads_exact
 
 if TYPE_CHECKING:
     from hosepipe.config import SourceConfig
@@ -197,7 +196,7 @@ def _array_item(item: Any, index: int, key: RecordKey) -> RawRecord | Rejected:
     except orjson.JSONEncodeError:
         # An integer beyond 64 bits, or nesting deeper than orjson writes (255 levels).
         try:
-            value = json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode()
+            value = json_text(item).encode()
         except RecursionError:
             return Rejected(
                 "InvalidRecord",
