@@ -3,13 +3,14 @@
     python bench/stream_stage.py --events 200000            # starts its own Tansu broker
     python bench/stream_stage.py --events 1000000 --bootstrap 127.0.0.1:9092
 
-Each contender reads its own copy of the same raw topic (4 partitions; N clickstream JSON
-events of ~250 B, 10 % duplicates, 1 % invalid JSON) in a child process and writes canonical
-events and dead letters. Printed per contender: events/s (first to last record consumed),
-CPU seconds of the child process (``wait4`` rusage, start-up included) and the same per
-event, and its peak RSS. CPU per event is the figure to compare on a shared machine (wall
-rates swing with other load); ``--report-every N`` adds per-chunk rates and CPU per event
-of the kafka and faust children on stderr, to see whether a contender slows with volume.
+Each contender reads its own copy of the same raw topic (4 partitions unless
+``--partitions``; N clickstream JSON events of ~250 B, 10 % duplicates, 1 % invalid JSON) in
+a child process and writes canonical events and dead letters. Printed per contender:
+events/s (first to last record consumed), CPU seconds of the child process (``wait4``
+rusage, start-up included) and the same per event, and its peak RSS. CPU per event is the
+figure to compare on a shared machine (wall rates swing with other load); ``--report-every
+N`` adds per-chunk rates and CPU per event of the kafka and faust children on stderr, to see
+whether a contender slows with volume.
 
 Contenders: ``plain`` (confluent-kafka loop, hand-written normalize, in-memory set: the
 ceiling), ``kafka`` and ``faust`` (hosepipe's two engines running the same batch core, Avro
@@ -34,7 +35,8 @@ from typing import Any
 
 import orjson
 
-PARTITIONS = 4
+DEFAULT_PARTITIONS = 4
+PARTITIONS = DEFAULT_PARTITIONS  # --partitions
 ROW = "{:<10} {:>10} {:>7} {:>9} {:>12} {:>8} {:>7} {:>6}"
 CONTENDERS = ("plain", "kafka", "faust", "quix")
 
@@ -380,6 +382,8 @@ def run_contender(
         str(workdir / name),
         "--report-every",
         str(report_every),
+        "--partitions",
+        str(PARTITIONS),
     ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE)
     assert process.stdout is not None
@@ -409,10 +413,18 @@ def main() -> None:
         help="kafka and faust: print events/s and CPU µs per event for every N records "
         "(shows whether a contender slows down with volume)",
     )
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=DEFAULT_PARTITIONS,
+        help="partitions of the raw, canonical and DLQ topics (the embedded example has 1)",
+    )
     parser.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global PARTITIONS
+    PARTITIONS = args.partitions  # read by pipeline_tree, in this process and in the children
     if args.child:
         global REPORT_EVERY
         REPORT_EVERY = args.report_every
