@@ -69,6 +69,22 @@ def test_postgres_runs_sql(postgres_url: str, unique_name: Callable[..., str]) -
     assert postgres_url.startswith("postgresql+psycopg://") and "@127.0.0.1:" in postgres_url
 
 
+def test_embedded_postgres_sizes_its_buffers_by_memory(
+    postgres_url: str, server_backend: str
+) -> None:
+    if server_backend == "docker":
+        pytest.skip("the container's PostgreSQL keeps its image's settings")
+    engine = sa.create_engine(postgres_url)
+    try:
+        with engine.connect() as conn:
+            shown = conn.execute(sa.text("SHOW shared_buffers")).scalar_one()
+    finally:
+        engine.dispose()
+    expected_mb = int(servers.postgres_shared_buffers(servers.physical_memory()).removesuffix("MB"))
+    # PostgreSQL shows whole gigabytes as "1GB".
+    assert shown in (f"{expected_mb}MB", f"{expected_mb // 1024}GB")
+
+
 def test_broker_produce_consume(kafka_bootstrap: str, unique_name: Callable[..., str]) -> None:
     topic = unique_name("t")
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})

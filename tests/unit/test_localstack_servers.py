@@ -62,3 +62,23 @@ def _live_group_members(pgid: int) -> list[int]:
         if int(fields[2]) == pgid and fields[0] != "Z":
             members.append(int(stat.parent.name))
     return members
+
+
+@pytest.mark.parametrize(
+    ("total_memory", "expected"),
+    [
+        (None, "256MB"),
+        (512 * 1024**2, "128MB"),  # small VM: the floor
+        (2 * 1024**3, "256MB"),  # an eighth
+        (4 * 1024**3, "512MB"),
+        (8 * 1024**3, "1024MB"),
+        (24 * 1024**3, "1024MB"),  # the cap: the stack shares the machine
+    ],
+)
+def test_postgres_shared_buffers_scale_with_memory(total_memory: int | None, expected: str) -> None:
+    assert servers.postgres_shared_buffers(total_memory) == expected
+
+
+def test_physical_memory_is_read_from_the_platform() -> None:
+    memory = servers.physical_memory()
+    assert memory is None or memory > 64 * 1024**2
