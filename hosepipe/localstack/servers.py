@@ -595,12 +595,33 @@ def postgres_shared_buffers(total_memory: int | None) -> str:
     return f"{min(max(total_memory // 8 // MIB, 128), 1024)}MB"
 
 
-def physical_memory() -> int | None:
-    """Bytes of RAM on this machine, or None where the platform does not say."""
+# Where Linux tells a container's memory limit: cgroup v2, then v1 ("max" or a huge number
+# when there is none).
+CGROUP_MEMORY_LIMITS = (
+    Path("/sys/fs/cgroup/memory.max"),
+    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+)
+
+
+def physical_memory(cgroup_limits: Sequence[Path] = CGROUP_MEMORY_LIMITS) -> int | None:
+    """Bytes of memory this process may use: the RAM, or a container's lower limit.
+
+    None where the platform tells neither.
+    """
     try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        total: int | None = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
-        return None
+        total = None
+    for path in cgroup_limits:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            limit = int(text)
+            total = limit if total is None else min(total, limit)
+        break
+    return total
 
 
 def start_postgres(

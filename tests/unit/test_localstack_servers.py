@@ -82,3 +82,12 @@ def test_postgres_shared_buffers_scale_with_memory(total_memory: int | None, exp
 def test_physical_memory_is_read_from_the_platform() -> None:
     memory = servers.physical_memory()
     assert memory is None or memory > 64 * 1024**2
+
+
+def test_physical_memory_respects_a_containers_limit(tmp_path: Path) -> None:
+    limit = tmp_path / "memory.max"
+    limit.write_text("1073741824\n")
+    assert servers.physical_memory([limit]) == min(1024**3, servers.physical_memory([]) or 2**62)
+    limit.write_text("max\n")  # cgroup v2 without a limit
+    assert servers.physical_memory([limit]) == servers.physical_memory([])
+    assert servers.physical_memory([tmp_path / "absent", limit]) == servers.physical_memory([])
