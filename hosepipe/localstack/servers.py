@@ -577,11 +577,8 @@ def _initdb(bin_dir: Path, pgdata: Path, user: str, password: str, run_as: str |
         )
 
 
-MIB = 1024 * 1024
-
-
-def postgres_shared_buffers(total_memory: int | None) -> str:
-    """PostgreSQL's ``shared_buffers`` for a machine with ``total_memory`` bytes.
+def postgres_shared_buffers_mb(total_memory: int | None) -> int:
+    """PostgreSQL's ``shared_buffers`` in MB for a machine with ``total_memory`` bytes.
 
     An eighth of the memory, between 128 MB and 1 GB (256 MB when it is unknown).
     ``events``' primary key takes inserts at random places, and once the index outgrows the
@@ -591,8 +588,8 @@ def postgres_shared_buffers(total_memory: int | None) -> str:
     for a dedicated server; the buffers take memory only as pages are used.
     """
     if total_memory is None:
-        return "256MB"
-    return f"{min(max(total_memory // 8 // MIB, 128), 1024)}MB"
+        return 256
+    return min(max(total_memory // 8 // 2**20, 128), 1024)
 
 
 # Where Linux tells a container's memory limit: cgroup v2, then v1 ("max" or a huge number
@@ -673,7 +670,7 @@ def start_postgres(
         "-c",
         "checkpoint_timeout=15min",
         "-c",
-        f"shared_buffers={postgres_shared_buffers(physical_memory())}",
+        f"shared_buffers={postgres_shared_buffers_mb(physical_memory())}MB",
     ]
     if not durable:
         argv += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]

@@ -67,16 +67,16 @@ def _live_group_members(pgid: int) -> list[int]:
 @pytest.mark.parametrize(
     ("total_memory", "expected"),
     [
-        (None, "256MB"),
-        (512 * 1024**2, "128MB"),  # small VM: the floor
-        (2 * 1024**3, "256MB"),  # an eighth
-        (4 * 1024**3, "512MB"),
-        (8 * 1024**3, "1024MB"),
-        (24 * 1024**3, "1024MB"),  # the cap: the stack shares the machine
+        (None, 256),
+        (512 * 1024**2, 128),  # small VM: the floor
+        (2 * 1024**3, 256),  # an eighth
+        (4 * 1024**3, 512),
+        (8 * 1024**3, 1024),
+        (24 * 1024**3, 1024),  # the cap: the stack shares the machine
     ],
 )
-def test_postgres_shared_buffers_scale_with_memory(total_memory: int | None, expected: str) -> None:
-    assert servers.postgres_shared_buffers(total_memory) == expected
+def test_postgres_shared_buffers_scale_with_memory(total_memory: int | None, expected: int) -> None:
+    assert servers.postgres_shared_buffers_mb(total_memory) == expected
 
 
 def test_physical_memory_is_read_from_the_platform() -> None:
